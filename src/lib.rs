@@ -1,0 +1,32 @@
+//! rsvpu: GStreamer VPU codec elements driving a VPU through the V4L2 stateful
+//! memory-to-memory codec model, with zero-copy DMABuf/fd memory and explicit
+//! cache maintenance.
+//!
+//! Layers (imports point down only): `plugins/` (GStreamer elements; the only
+//! gstreamer code besides this file) -> [`m2m`] (the driver contract) ->
+//! [`vpu`] (the in-crate VPU) -> [`mem`] (regions, ownership, coherency checker)
+//! -> [`sys`] (the only raw-syscall code).
+#![deny(unsafe_code)]
+
+pub mod m2m;
+pub mod mem;
+pub mod sys;
+pub mod vpu;
+
+use gst::glib;
+
+fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    Ok(())
+}
+
+gst::plugin_define!(
+    rsvpu,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MPL",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);

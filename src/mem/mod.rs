@@ -1,0 +1,1 @@
+//! Memory model: regions, ownership, coherency checker, pools. gst-free.

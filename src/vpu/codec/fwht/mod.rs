@@ -1,0 +1,1 @@
+//! FWHT codec, bit-exact with the kernel vicodec driver.

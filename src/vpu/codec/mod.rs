@@ -1,0 +1,3 @@
+//! Codec engines run by the VPU firmware.
+
+pub mod fwht;
