@@ -1,4 +1,24 @@
 //! The in-crate VPU: a firmware core on its own thread behind a shared-memory
 //! command ring, and the host-side driver implementing the m2m contract.
+//!
+//! ```text
+//!  host (driver.rs)                         VPU (firmware/)
+//!  EmuSession --Command--> [cmd ring] --doorbell--> vpu-fw thread
+//!  vpu-irq   <--Response-- [resp ring] <--irq------ sessions, codec engines
+//!         frame memory: Region handles through the IOMMU table (iommu.rs)
+//! ```
+//!
+//! The ABI (`protocol.rs`) is versioned and size-asserted; both sides check
+//! every value the other wrote. The firmware touches frame memory only through
+//! `Region::device_read`/`device_write`, so the coherency checker judges it as
+//! it would judge DMA.
 
 pub mod codec;
+pub mod driver;
+pub mod firmware;
+pub mod iommu;
+pub mod protocol;
+pub mod ring;
+
+pub use driver::{EmuConfig, EmuSession, EmuVpu};
+pub use firmware::Faults;

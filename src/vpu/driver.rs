@@ -1,0 +1,922 @@
+//! The host side of the in-crate VPU: implements the m2m contract over the
+//! shared-memory rings.
+//!
+//! [`EmuVpu`] boots a firmware core, owns the command ring's producing end and
+//! an interrupt thread (`vpu-irq`) that drains the response ring and sorts each
+//! response into the mailbox of its session. An [`EmuSession`] sends commands
+//! (waiting for their acknowledgement where V4L2's ioctl would block), tracks
+//! which buffers the device holds, and turns responses into [`Event`]s.
+//!
+//! Everything the firmware writes is untrusted: a response naming a session,
+//! queue, index or size the host does not know makes the session fail with a
+//! message saying what was wrong; it never indexes out of bounds. A firmware
+//! that stops its heartbeat, or holds work without progress past the watchdog
+//! bound, turns into [`M2mError::Timeout`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::firmware::{Faults, Firmware, FirmwareParts};
+use super::iommu::Iommu;
+use super::protocol::{
+    self, Command, FW_STATE_OFFSET, FW_STATE_RUNNING, HEARTBEAT_OFFSET, Message, Response, SharedHeader, Status,
+    ctrl,
+};
+use super::ring::{Consumer, Producer, RingError};
+use crate::m2m::{
+    Buffer, BufferFlags, Colorimetry, Control, Device, DeviceInfo, DeviceKind, Event, Format, M2mError, Memory,
+    PixelFormat, QueueError, QueueKind, Role, Session, SourceChange,
+};
+use crate::mem::{Checker, CheckerConfig, Coherency, Owner, Region};
+use crate::sys::{DmaBackend, EventFd};
+
+/// How often blocked host calls re-check the watchdog.
+const POLL: Duration = Duration::from_millis(20);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // State behind these locks stays consistent across a panic (plain field
+    // updates), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How an emulated VPU is set up.
+#[derive(Debug, Clone)]
+pub struct EmuConfig {
+    /// Checks every CPU/device access to the VPU's memory.
+    pub checker: Arc<Checker>,
+    /// Where buffer memory comes from.
+    pub backend: DmaBackend,
+    /// A firmware silent for this long while it holds work is declared hung.
+    pub watchdog: Duration,
+    /// Slots of each ring.
+    pub ring_slots: u32,
+}
+
+impl Default for EmuConfig {
+    fn default() -> EmuConfig {
+        EmuConfig {
+            checker: Checker::new(CheckerConfig::default()),
+            backend: DmaBackend::probe(),
+            watchdog: Duration::from_secs(2),
+            ring_slots: 256,
+        }
+    }
+}
+
+/// Why a session can no longer run.
+#[derive(Debug, Clone)]
+enum Fault {
+    Timeout(Duration),
+    Firmware(String),
+}
+
+impl Fault {
+    fn error(&self) -> M2mError {
+        match self {
+            Fault::Timeout(d) => M2mError::Timeout(*d),
+            Fault::Firmware(s) => M2mError::Firmware(s.clone()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inbox {
+    acks: HashMap<u32, (Status, String)>,
+    responses: VecDeque<Response>,
+    last_progress: Instant,
+    fault: Option<Fault>,
+}
+
+/// Where the interrupt thread leaves one session's responses.
+#[derive(Debug)]
+struct Mailbox {
+    inbox: Mutex<Inbox>,
+    cond: Condvar,
+}
+
+impl Mailbox {
+    fn new() -> Mailbox {
+        Mailbox {
+            inbox: Mutex::new(Inbox {
+                acks: HashMap::new(),
+                responses: VecDeque::new(),
+                last_progress: Instant::now(),
+                fault: None,
+            }),
+            cond: Condvar::new(),
+        }
+    }
+
+    fn fail(&self, fault: Fault) {
+        let mut inbox = lock(&self.inbox);
+        if inbox.fault.is_none() {
+            inbox.fault = Some(fault);
+        }
+        self.cond.notify_all();
+    }
+}
+
+/// State shared by the sessions and the interrupt thread.
+struct Core {
+    config: EmuConfig,
+    control: Arc<Region>,
+    commands: Mutex<Producer>,
+    doorbell: Arc<EventFd>,
+    irq: Arc<EventFd>,
+    iommu: Arc<Iommu>,
+    faults: Arc<Faults>,
+    sessions: Mutex<HashMap<u32, Arc<Mailbox>>>,
+    next_session: AtomicU32,
+    next_seq: AtomicU32,
+}
+
+impl Core {
+    fn counter(&self, offset: usize) -> u32 {
+        self.control.shared().ok().and_then(|m| m.atomic_u32(offset)).map_or(0, |a| a.load(Ordering::Acquire))
+    }
+
+    fn fail_all(&self, fault: Fault) {
+        for mailbox in lock(&self.sessions).values() {
+            mailbox.fail(fault.clone());
+        }
+    }
+
+    /// Puts a command on the ring and rings the doorbell. Waits (bounded) for
+    /// room when the ring is full.
+    fn send(&self, session: u32, cmd: &Command) -> Result<u32, M2mError> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1);
+        let msg = cmd.encode(session, seq);
+        let deadline = Instant::now() + self.config.watchdog;
+        loop {
+            match lock(&self.commands).push(&msg) {
+                Ok(()) => break,
+                Err(RingError::Full(_)) if Instant::now() < deadline => {
+                    let _ = self.doorbell.signal();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(RingError::Full(_)) => return Err(M2mError::Timeout(self.config.watchdog)),
+                Err(e) => return Err(M2mError::Firmware(format!("command ring: {e}"))),
+            }
+        }
+        self.doorbell.signal()?;
+        Ok(seq)
+    }
+
+    /// Routes one response to its session's mailbox.
+    fn dispatch(&self, msg: &Message) {
+        let Some(mailbox) = lock(&self.sessions).get(&msg.session).cloned() else {
+            log::warn!("VPU response for unknown session {} (opcode {:#x}) dropped", msg.session, msg.opcode);
+            return;
+        };
+        match Response::decode(msg) {
+            Ok(Response::Ack { status, text }) => {
+                let mut inbox = lock(&mailbox.inbox);
+                inbox.acks.insert(msg.seq, (status, text));
+                inbox.last_progress = Instant::now();
+            }
+            Ok(Response::SessionError { text }) => mailbox.fail(Fault::Firmware(text)),
+            Ok(other) => {
+                let mut inbox = lock(&mailbox.inbox);
+                inbox.responses.push_back(other);
+                inbox.last_progress = Instant::now();
+            }
+            Err(e) => mailbox.fail(Fault::Firmware(format!("corrupt response from the VPU: {e}"))),
+        }
+        mailbox.cond.notify_all();
+    }
+
+    /// The interrupt thread: drain responses, watch the heartbeat.
+    fn irq_loop(&self, mut responses: Consumer, stop: &AtomicBool) {
+        let mut heartbeat = (self.counter(HEARTBEAT_OFFSET), Instant::now());
+        let mut hung = false;
+        while !stop.load(Ordering::Acquire) {
+            let _ = self.irq.wait(Some(POLL));
+            loop {
+                match responses.pop() {
+                    Ok(Some(msg)) => self.dispatch(&msg),
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fail_all(Fault::Firmware(format!("response ring: {e}")));
+                        return;
+                    }
+                }
+            }
+            let beat = self.counter(HEARTBEAT_OFFSET);
+            if beat != heartbeat.0 {
+                heartbeat = (beat, Instant::now());
+                hung = false;
+            } else if !hung && heartbeat.1.elapsed() > self.config.watchdog {
+                hung = true;
+                log::error!("VPU firmware heartbeat stopped for {:?}", self.config.watchdog);
+                self.fail_all(Fault::Timeout(self.config.watchdog));
+            }
+        }
+    }
+}
+
+struct Inner {
+    core: Arc<Core>,
+    stop_irq: Arc<AtomicBool>,
+    irq_thread: Mutex<Option<JoinHandle<()>>>,
+    _firmware: Firmware,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_irq.store(true, Ordering::Release);
+        let _ = self.core.irq.signal();
+        if let Some(t) = lock(&self.irq_thread).take()
+            && t.join().is_err()
+        {
+            log::error!("VPU interrupt thread panicked");
+        }
+        // `_firmware` drops next and joins the core's thread.
+    }
+}
+
+/// An emulated VPU: one firmware core serving any number of sessions.
+#[derive(Clone)]
+pub struct EmuVpu {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmuVpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmuVpu").field("sessions", &lock(&self.inner.core.sessions).len()).finish()
+    }
+}
+
+impl EmuVpu {
+    /// Boots a VPU core and waits (bounded by the watchdog) until it runs.
+    pub fn new(config: EmuConfig) -> Result<EmuVpu, M2mError> {
+        let slots = config.ring_slots.max(2);
+        let size = protocol::control_region_size(slots, slots);
+        let control = Region::allocate("vpu-control", size, Coherency::Coherent, config.backend, &config.checker)?;
+        let ring = std::mem::size_of::<protocol::RingHeader>() + slots as usize * protocol::SLOT_SIZE;
+        let header = SharedHeader {
+            magic: protocol::ABI_MAGIC,
+            version: protocol::ABI_VERSION,
+            cmd_ring_offset: 64,
+            cmd_ring_slots: slots,
+            resp_ring_offset: (64 + ring) as u32,
+            resp_ring_slots: slots,
+            fw_state: protocol::FW_STATE_BOOTING,
+            heartbeat: 0,
+            reserved: [0; 8],
+        };
+        control.shared()?.write_at(0, bytemuck::bytes_of(&header))?;
+        let commands = Producer::new(control.clone(), 64, slots).map_err(ring_error)?;
+        let responses = Consumer::new(control.clone(), 64 + ring, slots).map_err(ring_error)?;
+        let doorbell = Arc::new(EventFd::new()?);
+        let irq = Arc::new(EventFd::new()?);
+        let iommu = Arc::new(Iommu::default());
+        let faults = Arc::new(Faults::default());
+        let firmware = Firmware::start(FirmwareParts {
+            control: control.clone(),
+            iommu: iommu.clone(),
+            doorbell: doorbell.clone(),
+            irq: irq.clone(),
+            faults: faults.clone(),
+            stop: Arc::new(AtomicBool::new(false)),
+        })?;
+        let core = Arc::new(Core {
+            config,
+            control,
+            commands: Mutex::new(commands),
+            doorbell,
+            irq,
+            iommu,
+            faults,
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU32::new(0),
+            next_seq: AtomicU32::new(0),
+        });
+        let deadline = Instant::now() + core.config.watchdog;
+        while core.counter(FW_STATE_OFFSET) != FW_STATE_RUNNING {
+            if Instant::now() > deadline {
+                return Err(M2mError::Firmware(format!(
+                    "the firmware did not boot within {:?}",
+                    core.config.watchdog
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let stop_irq = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (core, stop) = (core.clone(), stop_irq.clone());
+            std::thread::Builder::new().name("vpu-irq".into()).spawn(move || core.irq_loop(responses, &stop))?
+        };
+        Ok(EmuVpu {
+            inner: Arc::new(Inner { core, stop_irq, irq_thread: Mutex::new(Some(thread)), _firmware: firmware }),
+        })
+    }
+
+    /// The switchable faults of this VPU's core (for tests).
+    pub fn faults(&self) -> Arc<Faults> {
+        self.inner.core.faults.clone()
+    }
+
+    /// The checker watching this VPU's memory.
+    pub fn checker(&self) -> Arc<Checker> {
+        self.inner.core.config.checker.clone()
+    }
+
+    /// Regions currently mapped into the VPU.
+    pub fn mapped_regions(&self) -> usize {
+        self.inner.core.iommu.len()
+    }
+
+    /// Opens a session, typed (see [`Device::open`]).
+    pub fn open_session(&self, role: Role, codec: PixelFormat) -> Result<EmuSession, M2mError> {
+        if codec != PixelFormat::Fwht {
+            return Err(M2mError::Unsupported { role, codec });
+        }
+        let core = &self.inner.core;
+        let id = core.next_session.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1);
+        let mailbox = Arc::new(Mailbox::new());
+        lock(&core.sessions).insert(id, mailbox.clone());
+        let session = EmuSession {
+            vpu: self.inner.clone(),
+            id,
+            role,
+            codec,
+            mailbox,
+            state: Mutex::new(HostState::new(role)),
+        };
+        session.command(Command::Open { role, codec: codec.fourcc() }, |_, text| M2mError::Firmware(text))?;
+        Ok(session)
+    }
+}
+
+fn ring_error(e: RingError) -> M2mError {
+    match e {
+        RingError::Memory(m) => M2mError::Memory(m),
+        other => M2mError::Firmware(other.to_string()),
+    }
+}
+
+impl Device for EmuVpu {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            name: "rsvpu emulated VPU".into(),
+            kind: DeviceKind::Emulated,
+            codecs: vec![(Role::Decoder, PixelFormat::Fwht), (Role::Encoder, PixelFormat::Fwht)],
+        }
+    }
+
+    fn open(&self, role: Role, codec: PixelFormat) -> Result<Box<dyn Session>, M2mError> {
+        Ok(Box::new(self.open_session(role, codec)?))
+    }
+}
+
+/// One buffer slot of a host-side queue.
+#[derive(Debug, Default)]
+struct Slot {
+    /// Allocated memory, or the last imported region.
+    region: Option<Arc<Region>>,
+    /// Its IOMMU handle while mapped.
+    handle: Option<u32>,
+    /// The buffer while the device holds it.
+    in_device: Option<Buffer>,
+}
+
+#[derive(Debug, Default)]
+struct HostQueue {
+    format: Option<Format>,
+    memory: Option<Memory>,
+    slots: Vec<Slot>,
+    streaming: bool,
+}
+
+impl HostQueue {
+    fn busy(&self) -> bool {
+        self.slots.iter().any(|s| s.in_device.is_some())
+    }
+}
+
+#[derive(Debug)]
+struct HostState {
+    role: Role,
+    output: HostQueue,
+    capture: HostQueue,
+    /// From the last source change: formats the stream allows, its size.
+    stream: Option<(Vec<PixelFormat>, u32, u32, Colorimetry)>,
+    min_capture: u32,
+    /// A source change was reported and CAPTURE was not restarted since.
+    awaiting_capture: bool,
+    draining: bool,
+    /// A drain completed (LAST seen) and nothing restarted the session.
+    stopped: bool,
+}
+
+impl HostState {
+    fn new(role: Role) -> HostState {
+        HostState {
+            role,
+            output: HostQueue::default(),
+            capture: HostQueue::default(),
+            stream: None,
+            min_capture: 1,
+            awaiting_capture: false,
+            draining: false,
+            stopped: false,
+        }
+    }
+
+    fn queue(&mut self, q: QueueKind) -> &mut HostQueue {
+        match q {
+            QueueKind::Output => &mut self.output,
+            QueueKind::Capture => &mut self.capture,
+        }
+    }
+
+    /// Whether the device holds work it should be making progress on.
+    fn device_has_work(&self) -> bool {
+        let (out, cap) = (self.output.busy(), self.capture.busy());
+        if self.draining && cap {
+            return true;
+        }
+        if self.stopped {
+            return false;
+        }
+        match self.role {
+            Role::Decoder => {
+                (out && cap && !self.awaiting_capture) || (out && self.stream.is_none())
+            }
+            Role::Encoder => out && cap && self.output.streaming && self.capture.streaming,
+        }
+    }
+}
+
+/// A session on an [`EmuVpu`].
+pub struct EmuSession {
+    vpu: Arc<Inner>,
+    id: u32,
+    role: Role,
+    codec: PixelFormat,
+    mailbox: Arc<Mailbox>,
+    state: Mutex<HostState>,
+}
+
+impl std::fmt::Debug for EmuSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmuSession").field("id", &self.id).field("role", &self.role).finish()
+    }
+}
+
+impl EmuSession {
+    fn core(&self) -> &Core {
+        &self.vpu.core
+    }
+
+    fn check_fault(&self) -> Result<(), M2mError> {
+        match &lock(&self.mailbox.inbox).fault {
+            Some(f) => Err(f.error()),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a command and waits for its acknowledgement; a refusal becomes
+    /// the error `refused` builds from the status and the firmware's reason.
+    fn command(&self, cmd: Command, refused: impl FnOnce(Status, String) -> M2mError) -> Result<(), M2mError> {
+        self.check_fault()?;
+        let seq = self.core().send(self.id, &cmd)?;
+        let watchdog = self.core().config.watchdog;
+        let deadline = Instant::now() + watchdog;
+        let mut inbox = lock(&self.mailbox.inbox);
+        loop {
+            if let Some((status, text)) = inbox.acks.remove(&seq) {
+                return match status {
+                    Status::Ok => Ok(()),
+                    other => Err(refused(other, text)),
+                };
+            }
+            if let Some(f) = &inbox.fault {
+                return Err(f.error());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                drop(inbox);
+                self.mailbox.fail(Fault::Timeout(watchdog));
+                return Err(M2mError::Timeout(watchdog));
+            }
+            inbox = self
+                .mailbox
+                .cond
+                .wait_timeout(inbox, deadline - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn refused(queue: QueueKind) -> impl FnOnce(Status, String) -> M2mError {
+        move |status, reason| match status {
+            Status::BadState => M2mError::InvalidState { queue, reason },
+            _ => M2mError::InvalidFormat { queue, reason },
+        }
+    }
+
+    fn fail(&self, message: String) -> M2mError {
+        self.mailbox.fail(Fault::Firmware(message.clone()));
+        M2mError::Firmware(message)
+    }
+
+    /// Turns a response into an event, checking everything it claims.
+    fn absorb(&self, response: Response) -> Result<Option<Event>, M2mError> {
+        let mut st = lock(&self.state);
+        match response {
+            Response::BufferDone { queue, index, bytesused, timestamp, flags, sequence, error } => {
+                let hq = st.queue(queue);
+                let count = hq.slots.len();
+                let Some(slot) = hq.slots.get_mut(index as usize) else {
+                    return Err(self.fail(format!("VPU returned {queue} buffer {index}, the queue has {count}")));
+                };
+                let Some(mut buf) = slot.in_device.take() else {
+                    return Err(self.fail(format!(
+                        "VPU returned {queue} buffer {index}, which the host had not queued"
+                    )));
+                };
+                if bytesused as usize > buf.region.size() {
+                    return Err(self.fail(format!(
+                        "VPU reports {bytesused} bytes in {queue} buffer {index} of {} bytes",
+                        buf.region.size()
+                    )));
+                }
+                buf.bytesused = bytesused as usize;
+                buf.timestamp = timestamp;
+                buf.flags = flags;
+                buf.sequence = sequence;
+                buf.error = flags.contains(BufferFlags::ERROR).then_some(error);
+                if queue == QueueKind::Capture && flags.contains(BufferFlags::LAST) && st.draining {
+                    st.draining = false;
+                    st.stopped = true;
+                }
+                Ok(Some(Event::BufferDone(buf)))
+            }
+            Response::SourceChange { fourcc, width, height, colorimetry, min_buffers, formats } => {
+                let format = PixelFormat::from_fourcc(fourcc)
+                    .filter(|p| !p.is_coded())
+                    .filter(|_| (1..=8192).contains(&width) && (1..=8192).contains(&height))
+                    .and_then(|p| Format::raw(p, width, height));
+                let Some(mut format) = format else {
+                    return Err(self.fail(format!(
+                        "VPU source change to {width}x{height} in format {fourcc:#010x} is not a raw format the host knows"
+                    )));
+                };
+                format.colorimetry = colorimetry;
+                let formats: Vec<PixelFormat> = formats
+                    .iter()
+                    .filter_map(|&c| PixelFormat::from_fourcc(c))
+                    .filter(|p| !p.is_coded())
+                    .collect();
+                st.capture.format = Some(format.clone());
+                st.stream = Some((formats.clone(), width, height, colorimetry));
+                st.min_capture = min_buffers.clamp(1, 32);
+                st.awaiting_capture = true;
+                Ok(Some(Event::SourceChange(SourceChange {
+                    format,
+                    formats,
+                    min_capture_buffers: st.min_capture,
+                })))
+            }
+            // Acks are taken by `command`; errors never reach the queue.
+            Response::Ack { .. } | Response::SessionError { .. } => Ok(None),
+        }
+    }
+
+    fn unmap_all(&self, st: &mut HostState, queue: QueueKind) -> Result<(), M2mError> {
+        let handles: Vec<u32> = st.queue(queue).slots.iter_mut().filter_map(|s| s.handle.take()).collect();
+        for handle in handles {
+            let result = self.command(Command::UnmapRegion { handle }, Self::refused(queue));
+            self.core().iommu.unmap(handle);
+            result?;
+        }
+        Ok(())
+    }
+
+    fn map(&self, region: &Arc<Region>, queue: QueueKind) -> Result<u32, M2mError> {
+        let handle = self.core().iommu.map(region.clone());
+        let size = region.size() as u64;
+        if let Err(e) = self.command(Command::MapRegion { handle, size }, Self::refused(queue)) {
+            self.core().iommu.unmap(handle);
+            return Err(e);
+        }
+        Ok(handle)
+    }
+
+    fn queue_inner(&self, st: &mut HostState, buf: &Buffer) -> Result<u32, M2mError> {
+        let queue = buf.queue;
+        let bad = |reason: String| M2mError::InvalidState { queue, reason };
+        let hq = st.queue(queue);
+        let count = hq.slots.len();
+        let memory = hq.memory;
+        let slot = hq
+            .slots
+            .get_mut(buf.index as usize)
+            .ok_or_else(|| bad(format!("buffer index {} but the queue has {count} buffers", buf.index)))?;
+        if slot.in_device.is_some() {
+            return Err(bad(format!("buffer {} is already queued", buf.index)));
+        }
+        if buf.bytesused > buf.region.size() {
+            return Err(bad(format!(
+                "bytesused {} exceeds the {}-byte buffer {}",
+                buf.bytesused,
+                buf.region.size(),
+                buf.index
+            )));
+        }
+        let handle = match memory {
+            Some(Memory::Allocate(_)) => {
+                match (&slot.region, slot.handle) {
+                    (Some(r), Some(h)) if Arc::ptr_eq(r, &buf.region) => h,
+                    _ => return Err(bad(format!("buffer {} does not carry the memory allocated for it", buf.index))),
+                }
+            }
+            Some(Memory::Import) => match (&slot.region, slot.handle) {
+                (Some(r), Some(h)) if Arc::ptr_eq(r, &buf.region) => h,
+                _ => {
+                    let old = slot.handle.take();
+                    slot.region = None;
+                    if let Some(h) = old {
+                        self.command(Command::UnmapRegion { handle: h }, Self::refused(queue))?;
+                        self.core().iommu.unmap(h);
+                    }
+                    let h = self.map(&buf.region, queue)?;
+                    let slot = &mut st.queue(queue).slots[buf.index as usize];
+                    slot.region = Some(buf.region.clone());
+                    slot.handle = Some(h);
+                    h
+                }
+            },
+            None => return Err(bad("no buffers allocated".into())),
+        };
+        let region = &buf.region;
+        if region.coherency() == Coherency::Cacheable
+            && region.owner() == Owner::Cpu
+            && !buf.flags.contains(BufferFlags::NO_CACHE_CLEAN)
+        {
+            region.sync_for_device()?;
+        }
+        Ok(handle)
+    }
+}
+
+impl Session for EmuSession {
+    fn role(&self) -> Role {
+        self.role
+    }
+
+    fn codec(&self) -> PixelFormat {
+        self.codec
+    }
+
+    fn enum_formats(&self, queue: QueueKind) -> Vec<PixelFormat> {
+        let raw = || PixelFormat::ALL.iter().copied().filter(|p| !p.is_coded() && Format::raw(*p, 16, 16).is_some());
+        match (self.role, queue) {
+            (Role::Decoder, QueueKind::Output) | (Role::Encoder, QueueKind::Capture) => vec![self.codec],
+            (Role::Encoder, QueueKind::Output) => raw().collect(),
+            (Role::Decoder, QueueKind::Capture) => match &lock(&self.state).stream {
+                Some((formats, ..)) => formats.clone(),
+                None => raw().collect(),
+            },
+        }
+    }
+
+    fn set_format(&self, queue: QueueKind, format: &Format) -> Result<Format, M2mError> {
+        let mut st = lock(&self.state);
+        if st.queue(queue).streaming {
+            return Err(M2mError::InvalidState { queue, reason: "cannot change the format while streaming".into() });
+        }
+        let cmd = Command::SetFormat {
+            queue,
+            fourcc: format.pixelformat.fourcc(),
+            width: format.width,
+            height: format.height,
+            colorimetry: format.colorimetry,
+        };
+        self.command(cmd, Self::refused(queue))?;
+        let invalid = |reason: String| M2mError::InvalidFormat { queue, reason };
+        let (w, h, cm) = match (&st.stream, self.role, queue) {
+            (Some((_, w, h, cm)), Role::Decoder, QueueKind::Capture) => (*w, *h, *cm),
+            _ => (format.width, format.height, format.colorimetry),
+        };
+        let mut effective = if format.pixelformat.is_coded() {
+            Format::coded(format.pixelformat, w.max(1), h.max(1))
+        } else {
+            Format::raw(format.pixelformat, w, h)
+                .ok_or_else(|| invalid(format!("{} has no layout at {w}x{h}", format.pixelformat)))?
+        };
+        effective.colorimetry = cm;
+        if self.role == Role::Encoder && queue == QueueKind::Output {
+            let mut coded = Format::coded(self.codec, w, h);
+            coded.colorimetry = cm;
+            st.capture.format = Some(coded);
+        }
+        st.queue(queue).format = Some(effective.clone());
+        Ok(effective)
+    }
+
+    fn format(&self, queue: QueueKind) -> Result<Format, M2mError> {
+        lock(&self.state)
+            .queue(queue)
+            .format
+            .clone()
+            .ok_or(M2mError::InvalidState { queue, reason: "no format set yet".into() })
+    }
+
+    fn set_control(&self, control: Control) -> Result<(), M2mError> {
+        let (id, value) = match control {
+            Control::GopSize(v) => (ctrl::GOP_SIZE, v),
+            Control::IFrameQp(v) => (ctrl::I_FRAME_QP, v),
+            Control::PFrameQp(v) => (ctrl::P_FRAME_QP, v),
+            Control::Bitrate(v) => (ctrl::BITRATE, v),
+            Control::ForceKeyFrame => (ctrl::FORCE_KEY_FRAME, 1),
+        };
+        self.command(Command::SetControl { id, value }, |_, reason| M2mError::InvalidControl { control, reason })
+    }
+
+    fn min_buffers(&self, queue: QueueKind) -> u32 {
+        match (self.role, queue) {
+            (Role::Decoder, QueueKind::Capture) => lock(&self.state).min_capture,
+            _ => 1,
+        }
+    }
+
+    fn allocate_buffers(&self, queue: QueueKind, count: u32, memory: Memory) -> Result<Vec<Buffer>, M2mError> {
+        let mut st = lock(&self.state);
+        let hq = st.queue(queue);
+        if hq.streaming || hq.busy() {
+            return Err(M2mError::InvalidState { queue, reason: "cannot reallocate buffers while streaming".into() });
+        }
+        let size = hq.format.as_ref().map(|f| f.size);
+        self.unmap_all(&mut st, queue)?;
+        let hq = st.queue(queue);
+        hq.slots.clear();
+        hq.memory = None;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut buffers = Vec::new();
+        match memory {
+            Memory::Import => {
+                hq.slots.resize_with(count as usize, Slot::default);
+            }
+            Memory::Allocate(coherency) => {
+                let size = size.ok_or(M2mError::InvalidState { queue, reason: "set a format before allocating".into() })?;
+                let config = &self.core().config;
+                let mut slots = Vec::new();
+                for index in 0..count {
+                    let name = format!("vpu{}-{}-{}", self.id, queue.to_string().to_lowercase(), index);
+                    let region = Region::allocate(&name, size, coherency, config.backend, &config.checker)?;
+                    let handle = self.map(&region, queue);
+                    let handle = match handle {
+                        Ok(h) => h,
+                        Err(e) => {
+                            for s in &slots {
+                                let Slot { handle: Some(h), .. } = s else { continue };
+                                self.core().iommu.unmap(*h);
+                            }
+                            return Err(e);
+                        }
+                    };
+                    buffers.push(Buffer::new(queue, index, region.clone()));
+                    slots.push(Slot { region: Some(region), handle: Some(handle), in_device: None });
+                }
+                st.queue(queue).slots = slots;
+            }
+        }
+        st.queue(queue).memory = Some(memory);
+        Ok(buffers)
+    }
+
+    fn stream_on(&self, queue: QueueKind) -> Result<(), M2mError> {
+        let mut st = lock(&self.state);
+        self.command(Command::StreamOn { queue }, Self::refused(queue))?;
+        st.queue(queue).streaming = true;
+        if queue == QueueKind::Capture {
+            st.awaiting_capture = false;
+            st.stopped = false;
+        }
+        Ok(())
+    }
+
+    fn stream_off(&self, queue: QueueKind) -> Result<Vec<Buffer>, M2mError> {
+        let mut st = lock(&self.state);
+        self.command(Command::StreamOff { queue }, Self::refused(queue))?;
+        // Responses for this queue still in the mailbox are superseded: the
+        // buffers they name come back here, unprocessed as far as the client
+        // is concerned.
+        let mut inbox = lock(&self.mailbox.inbox);
+        inbox.responses.retain(|r| !matches!(r, Response::BufferDone { queue: q, .. } if *q == queue));
+        drop(inbox);
+        let hq = st.queue(queue);
+        hq.streaming = false;
+        let mut returned: Vec<Buffer> = hq.slots.iter_mut().filter_map(|s| s.in_device.take()).collect();
+        for b in &mut returned {
+            b.flags = BufferFlags::RETURNED;
+            b.bytesused = 0;
+        }
+        st.draining = false;
+        st.stopped = false;
+        Ok(returned)
+    }
+
+    fn queue(&self, buffer: Buffer) -> Result<(), QueueError> {
+        if let Err(error) = self.check_fault() {
+            return Err(QueueError { buffer, error });
+        }
+        let mut st = lock(&self.state);
+        let handle = match self.queue_inner(&mut st, &buffer) {
+            Ok(h) => h,
+            Err(error) => return Err(QueueError { buffer, error }),
+        };
+        let cmd = Command::QueueBuffer {
+            queue: buffer.queue,
+            index: buffer.index,
+            handle,
+            bytesused: buffer.bytesused as u32,
+            timestamp: buffer.timestamp,
+            flags: buffer.flags,
+        };
+        let (queue, index) = (buffer.queue, buffer.index as usize);
+        st.queue(queue).slots[index].in_device = Some(buffer);
+        lock(&self.mailbox.inbox).last_progress = Instant::now();
+        if let Err(error) = self.core().send(self.id, &cmd) {
+            let buffer = st.queue(queue).slots[index].in_device.take();
+            return match buffer {
+                Some(buffer) => Err(QueueError { buffer, error }),
+                None => Ok(()),
+            };
+        }
+        Ok(())
+    }
+
+    fn wait_event(&self, timeout: Duration) -> Result<Option<Event>, M2mError> {
+        let deadline = Instant::now() + timeout;
+        let watchdog = self.core().config.watchdog;
+        loop {
+            let mut inbox = lock(&self.mailbox.inbox);
+            if let Some(response) = inbox.responses.pop_front() {
+                drop(inbox);
+                match self.absorb(response)? {
+                    Some(event) => return Ok(Some(event)),
+                    None => continue,
+                }
+            }
+            if let Some(f) = &inbox.fault {
+                return Err(f.error());
+            }
+            let since = inbox.last_progress.elapsed();
+            drop(inbox);
+            if since > watchdog && lock(&self.state).device_has_work() {
+                self.mailbox.fail(Fault::Timeout(watchdog));
+                return Err(M2mError::Timeout(watchdog));
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            let inbox = lock(&self.mailbox.inbox);
+            if inbox.responses.is_empty() && inbox.fault.is_none() {
+                let wait = (deadline - now).min(POLL);
+                let _ = self.mailbox.cond.wait_timeout(inbox, wait).unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    }
+
+    fn drain(&self) -> Result<(), M2mError> {
+        let mut st = lock(&self.state);
+        self.command(Command::Stop, Self::refused(QueueKind::Output))?;
+        st.draining = st.capture.streaming;
+        Ok(())
+    }
+
+    fn start(&self) -> Result<(), M2mError> {
+        let mut st = lock(&self.state);
+        self.command(Command::Start, Self::refused(QueueKind::Output))?;
+        st.draining = false;
+        st.stopped = false;
+        Ok(())
+    }
+}
+
+impl Drop for EmuSession {
+    fn drop(&mut self) {
+        let alive = self.check_fault().is_ok();
+        if alive && let Err(e) = self.command(Command::Close, |_, t| M2mError::Firmware(t)) {
+            log::warn!("VPU session {}: close failed: {e}", self.id);
+        }
+        let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        for q in [&mut st.output, &mut st.capture] {
+            for s in q.slots.iter_mut() {
+                if let Some(h) = s.handle.take() {
+                    self.vpu.core.iommu.unmap(h);
+                }
+            }
+        }
+        lock(&self.vpu.core.sessions).remove(&self.id);
+    }
+}

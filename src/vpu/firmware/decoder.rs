@@ -1,0 +1,388 @@
+//! The stateful decoder engine of a session (dev-decoder.rst, emulated).
+//!
+//! OUTPUT buffers are unframed bitstream: their bytes go through a
+//! [`FrameScanner`] that finds frame boundaries from the FWHT header, as the
+//! kernel's stateful decoder does. The first frame (and any frame whose size
+//! or pixel encoding differs) raises a source change: the session pauses until
+//! the host streams CAPTURE on again with buffers of the new format. A drain
+//! (`Stop`) decodes everything queued before it and returns one CAPTURE buffer
+//! flagged LAST. A bad frame comes back as a CAPTURE buffer flagged ERROR with
+//! the reason, and decoding resumes at the next key frame.
+
+use std::collections::VecDeque;
+
+use super::Faults;
+use super::session::{FwQueue, QueuedBuffer, Sink};
+use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
+use crate::vpu::codec::fwht::{self, FrameScanner, FwhtDecoder, FwhtHeader};
+use crate::vpu::protocol::{MAX_FORMATS, Response};
+
+/// Complete frames held before the core stops taking OUTPUT buffers.
+const MAX_PENDING_FRAMES: usize = 2;
+/// Default OUTPUT (bitstream) buffer size when the host gives no frame size.
+const DEFAULT_CODED_SIZE: (u32, u32) = (1920, 1088);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    /// A source change was posted; waiting for CAPTURE to be streamed on.
+    AwaitCapture,
+    /// Drained (LAST returned); waiting for `Start` or a queue restart.
+    Stopped,
+}
+
+/// What the stream looks like, from its frame headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StreamInfo {
+    width: u32,
+    height: u32,
+    formats: Vec<PixelFormat>,
+    colorimetry: Colorimetry,
+}
+
+impl StreamInfo {
+    fn of(h: &FwhtHeader) -> StreamInfo {
+        StreamInfo {
+            width: h.width,
+            height: h.height,
+            formats: fwht::capture_formats(h),
+            colorimetry: h.colorimetry,
+        }
+    }
+}
+
+/// One unit of decoder work taken from the bitstream.
+#[derive(Debug)]
+enum Item {
+    Frame { data: Vec<u8>, timestamp: u64 },
+    /// Bytes that could not be framed; reported on a CAPTURE buffer.
+    Bad { reason: String, timestamp: u64 },
+}
+
+pub(crate) struct Decoder {
+    scanner: FrameScanner,
+    codec: FwhtDecoder,
+    items: VecDeque<Item>,
+    /// Timestamp of the OUTPUT buffer in which the partial frame held by the
+    /// scanner started.
+    carry_timestamp: Option<u64>,
+    stream: Option<StreamInfo>,
+    /// The raw format the host asked for, used when the stream allows it.
+    preferred: Option<PixelFormat>,
+    phase: Phase,
+    /// OUTPUT buffers still to consume before a requested drain completes.
+    drain: Option<usize>,
+    /// An empty LAST buffer is owed (end of the old format at a source change).
+    pending_last: bool,
+    need_keyframe: bool,
+    sequence: u32,
+}
+
+impl Default for Decoder {
+    fn default() -> Decoder {
+        Decoder {
+            scanner: FrameScanner::new(),
+            codec: FwhtDecoder::new(),
+            items: VecDeque::new(),
+            carry_timestamp: None,
+            stream: None,
+            preferred: None,
+            phase: Phase::Running,
+            drain: None,
+            pending_last: false,
+            need_keyframe: false,
+            sequence: 0,
+        }
+    }
+}
+
+impl Decoder {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn set_format(
+        &mut self,
+        output: &mut FwQueue,
+        capture: &mut FwQueue,
+        queue: QueueKind,
+        pixfmt: PixelFormat,
+        width: u32,
+        height: u32,
+        colorimetry: Colorimetry,
+    ) -> Result<(), String> {
+        match queue {
+            QueueKind::Output => {
+                if pixfmt != PixelFormat::Fwht {
+                    return Err(format!("decoder OUTPUT takes FWHT, not {pixfmt}"));
+                }
+                let (w, h) = if width == 0 || height == 0 { DEFAULT_CODED_SIZE } else { (width, height) };
+                let mut f = Format::coded(PixelFormat::Fwht, w, h);
+                f.colorimetry = colorimetry;
+                output.format = Some(f);
+            }
+            QueueKind::Capture => {
+                if pixfmt.is_coded() {
+                    return Err(format!("decoder CAPTURE takes a raw format, not {pixfmt}"));
+                }
+                let (w, h, cm) = match &self.stream {
+                    Some(s) if !s.formats.contains(&pixfmt) => {
+                        let allowed: Vec<String> = s.formats.iter().map(|f| f.to_string()).collect();
+                        return Err(format!(
+                            "this stream decodes to {}, not {pixfmt}",
+                            allowed.join(", ")
+                        ));
+                    }
+                    Some(s) => (s.width, s.height, s.colorimetry),
+                    None => (width, height, colorimetry),
+                };
+                let mut f = Format::raw(pixfmt, w.max(1), h.max(1))
+                    .ok_or_else(|| format!("{pixfmt} at {w}x{h} has no raw layout"))?;
+                f.colorimetry = cm;
+                self.preferred = Some(pixfmt);
+                capture.format = Some(f);
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn stream_on(&mut self, queue: QueueKind) {
+        if queue == QueueKind::Capture && self.phase != Phase::Running {
+            // A restarted CAPTURE queue ends both a source change and a drain.
+            self.phase = Phase::Running;
+            self.drain = None;
+        }
+    }
+
+    pub(crate) fn stream_off(&mut self, queue: QueueKind) {
+        match queue {
+            QueueKind::Output => {
+                // Flush: forget all bitstream; resume at the next key frame.
+                self.scanner.reset();
+                self.items.clear();
+                self.carry_timestamp = None;
+                self.codec.reset();
+                self.need_keyframe = self.stream.is_some();
+                self.drain = None;
+                if self.phase == Phase::Stopped {
+                    self.phase = Phase::Running;
+                }
+            }
+            QueueKind::Capture => self.pending_last = false,
+        }
+    }
+
+    pub(crate) fn stop(&mut self, output: &FwQueue) {
+        if self.phase != Phase::Stopped {
+            self.drain = Some(output.buffers.len());
+        }
+    }
+
+    pub(crate) fn start(&mut self) {
+        if self.phase == Phase::Stopped {
+            self.phase = Phase::Running;
+        }
+        self.drain = None;
+    }
+
+    pub(crate) fn run(&mut self, output: &mut FwQueue, capture: &mut FwQueue, faults: &Faults, sink: &mut Sink<'_>) {
+        while self.step(output, capture, faults, sink) {}
+    }
+
+    /// One unit of work; false when nothing more can happen now.
+    fn step(&mut self, output: &mut FwQueue, capture: &mut FwQueue, faults: &Faults, sink: &mut Sink<'_>) -> bool {
+        if self.pending_last {
+            if !capture.streaming {
+                self.pending_last = false;
+                return true;
+            }
+            let Some(buf) = capture.buffers.pop_front() else { return false };
+            sink.done(QueueKind::Capture, &buf, 0, BufferFlags::LAST, self.sequence, "");
+            self.pending_last = false;
+            return true;
+        }
+        if self.phase != Phase::Running {
+            return false;
+        }
+        if let Some(item) = self.items.front() {
+            if self.stream.is_none()
+                && let Item::Bad { reason, .. } = item
+            {
+                // Nothing was decoded yet, so there is no CAPTURE buffer to
+                // carry the error: the bytes are skipped, as before a header.
+                log::warn!("VPU decoder session {}: skipping undecodable data: {reason}", sink.id);
+                self.items.pop_front();
+                return true;
+            }
+            if let Item::Frame { data, .. } = item
+                && let Ok(header) = fwht::parse_header(data)
+            {
+                let info = StreamInfo::of(&header);
+                if self.stream.as_ref() != Some(&info) {
+                    self.source_change(info, capture, sink);
+                    return true;
+                }
+            }
+            if !capture.streaming {
+                return false;
+            }
+            let Some(buf) = capture.buffers.pop_front() else { return false };
+            let item = self.items.pop_front();
+            if let Some(item) = item {
+                self.decode(item, buf, capture.format.as_ref(), faults, sink);
+            }
+            return true;
+        }
+        let may_consume = output.streaming && self.drain.is_none_or(|n| n > 0);
+        if may_consume && self.items.len() < MAX_PENDING_FRAMES
+            && let Some(buf) = output.buffers.pop_front()
+        {
+            self.consume(&buf, sink);
+            if let Some(n) = self.drain.as_mut() {
+                *n -= 1;
+            }
+            return true;
+        }
+        if self.drain == Some(0) {
+            return self.finish_drain(capture, sink);
+        }
+        false
+    }
+
+    fn source_change(&mut self, info: StreamInfo, capture: &mut FwQueue, sink: &mut Sink<'_>) {
+        // Mid-stream: the last buffer of the old format is flagged LAST.
+        if self.stream.is_some() && capture.streaming {
+            self.pending_last = true;
+        }
+        let pixfmt = self
+            .preferred
+            .filter(|p| info.formats.contains(p))
+            .or_else(|| info.formats.first().copied());
+        let format = pixfmt.and_then(|p| Format::raw(p, info.width, info.height));
+        match format {
+            Some(mut f) => {
+                f.colorimetry = info.colorimetry;
+                let mut formats: Vec<u32> = vec![f.pixelformat.fourcc()];
+                formats.extend(info.formats.iter().map(|p| p.fourcc()).filter(|&c| c != formats[0]));
+                formats.truncate(MAX_FORMATS);
+                sink.post(Response::SourceChange {
+                    fourcc: f.pixelformat.fourcc(),
+                    width: f.width,
+                    height: f.height,
+                    colorimetry: f.colorimetry,
+                    min_buffers: 1,
+                    formats,
+                });
+                capture.format = Some(f);
+                self.stream = Some(info);
+                self.phase = Phase::AwaitCapture;
+            }
+            None => {
+                // A header no raw format can hold: report it as a bad frame.
+                let reason = format!(
+                    "stream of {}x{} has no raw format this VPU can decode to",
+                    info.width, info.height
+                );
+                if let Some(Item::Frame { timestamp, .. }) = self.items.pop_front() {
+                    self.items.push_front(Item::Bad { reason, timestamp });
+                }
+            }
+        }
+    }
+
+    fn consume(&mut self, buf: &QueuedBuffer, sink: &mut Sink<'_>) {
+        {
+            let data = buf.region.device_read();
+            let used = buf.bytesused.min(data.len());
+            self.scanner.push(&data[..used]);
+        }
+        sink.done(QueueKind::Output, buf, buf.bytesused, BufferFlags::NONE, 0, "");
+        // A frame that started in an earlier buffer keeps that buffer's
+        // timestamp; every frame starting in this one gets this one's.
+        let mut first = true;
+        while let Some(next) = self.scanner.next_frame() {
+            let timestamp = if first { self.carry_timestamp.unwrap_or(buf.timestamp) } else { buf.timestamp };
+            first = false;
+            self.items.push_back(match next {
+                Ok(data) => Item::Frame { data, timestamp },
+                Err(e) => Item::Bad { reason: e.to_string(), timestamp },
+            });
+        }
+        self.carry_timestamp = match (self.scanner.buffered() > 0, first) {
+            (false, _) => None,
+            (true, true) => Some(self.carry_timestamp.unwrap_or(buf.timestamp)),
+            (true, false) => Some(buf.timestamp),
+        };
+    }
+
+    fn decode(&mut self, item: Item, buf: QueuedBuffer, format: Option<&Format>, faults: &Faults, sink: &mut Sink<'_>) {
+        let seq = self.sequence;
+        self.sequence = self.sequence.wrapping_add(1);
+        let (data, timestamp) = match item {
+            Item::Frame { data, timestamp } => (data, timestamp),
+            Item::Bad { reason, timestamp } => {
+                self.need_keyframe = true;
+                let buf = QueuedBuffer { timestamp, ..buf };
+                sink.done(QueueKind::Capture, &buf, 0, BufferFlags::ERROR, seq, &reason);
+                return;
+            }
+        };
+        let buf = QueuedBuffer { timestamp, ..buf };
+        let Some(format) = format else {
+            sink.done(QueueKind::Capture, &buf, 0, BufferFlags::ERROR, seq, "CAPTURE has no format");
+            return;
+        };
+        if self.need_keyframe && !fwht::parse_header(&data).is_ok_and(|h| h.is_keyframe()) {
+            let why = "P-frame skipped: decoding resumes at the next key frame";
+            sink.done(QueueKind::Capture, &buf, 0, BufferFlags::ERROR, seq, why);
+            return;
+        }
+        let result = {
+            let mut dst = buf.region.device_write();
+            if dst.len() < format.size {
+                Err(format!(
+                    "CAPTURE buffer {} holds {} bytes, the frame needs {}",
+                    buf.index,
+                    dst.len(),
+                    format.size
+                ))
+            } else {
+                self.codec.decode(&data, format, &mut dst[..format.size]).map_err(|e| e.to_string())
+            }
+        };
+        let delay = faults.frame_delay();
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        match result {
+            Ok(decoded) => {
+                self.need_keyframe = false;
+                let kind = if decoded.keyframe { BufferFlags::KEYFRAME } else { BufferFlags::PFRAME };
+                sink.done(QueueKind::Capture, &buf, format.size, kind, seq, "");
+            }
+            Err(reason) => {
+                self.need_keyframe = true;
+                sink.done(QueueKind::Capture, &buf, 0, BufferFlags::ERROR, seq, &reason);
+            }
+        }
+    }
+
+    fn finish_drain(&mut self, capture: &mut FwQueue, sink: &mut Sink<'_>) -> bool {
+        let partial = self.scanner.buffered();
+        if partial > 0 {
+            self.scanner.reset();
+            if self.stream.is_some() && capture.streaming {
+                let timestamp = self.carry_timestamp.take().unwrap_or(0);
+                self.items.push_back(Item::Bad {
+                    reason: format!("truncated frame at end of stream: {partial} bytes of an incomplete frame"),
+                    timestamp,
+                });
+                return true;
+            }
+        }
+        if capture.streaming {
+            let Some(buf) = capture.buffers.pop_front() else { return false };
+            sink.done(QueueKind::Capture, &buf, 0, BufferFlags::LAST, self.sequence, "");
+        }
+        self.phase = Phase::Stopped;
+        self.drain = None;
+        true
+    }
+}

@@ -1,0 +1,196 @@
+//! The stateful encoder engine of a session (dev-encoder.rst, emulated).
+//!
+//! One raw OUTPUT buffer and one CAPTURE buffer make one coded frame; the
+//! CAPTURE buffer takes the OUTPUT buffer's timestamp. A drain (`Stop`) codes
+//! everything queued before it and returns one CAPTURE buffer flagged LAST.
+//! A key frame is forced by the `FORCE_KEY_FRAME` control (for the next OUTPUT
+//! buffer queued) or by an OUTPUT buffer queued with the KEYFRAME flag.
+
+use super::Faults;
+use super::session::{FwQueue, QueuedBuffer, Sink, control_name};
+use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
+use crate::vpu::codec::fwht::{EncoderParams, FwhtEncoder};
+use crate::vpu::protocol::ctrl;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Stopped,
+}
+
+pub(crate) struct Encoder {
+    codec: Option<FwhtEncoder>,
+    params: EncoderParams,
+    phase: Phase,
+    drain: Option<usize>,
+    force_next: bool,
+    sequence: u32,
+}
+
+impl Default for Encoder {
+    fn default() -> Encoder {
+        Encoder {
+            codec: None,
+            params: EncoderParams::default(),
+            phase: Phase::Running,
+            drain: None,
+            force_next: false,
+            sequence: 0,
+        }
+    }
+}
+
+impl Encoder {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn set_format(
+        &mut self,
+        output: &mut FwQueue,
+        capture: &mut FwQueue,
+        queue: QueueKind,
+        pixfmt: PixelFormat,
+        width: u32,
+        height: u32,
+        colorimetry: Colorimetry,
+    ) -> Result<(), String> {
+        match queue {
+            QueueKind::Output => {
+                if pixfmt.is_coded() {
+                    return Err(format!("encoder OUTPUT takes a raw format, not {pixfmt}"));
+                }
+                if width == 0 || height == 0 {
+                    return Err(format!("encoder OUTPUT needs a frame size, got {width}x{height}"));
+                }
+                let mut raw = Format::raw(pixfmt, width, height)
+                    .ok_or_else(|| format!("the FWHT encoder cannot take {pixfmt}"))?;
+                raw.colorimetry = colorimetry;
+                let codec = FwhtEncoder::new(&raw, self.params).map_err(|e| e.to_string())?;
+                let mut coded = Format::coded(PixelFormat::Fwht, width, height);
+                coded.colorimetry = colorimetry;
+                self.codec = Some(codec);
+                output.format = Some(raw);
+                capture.format = Some(coded);
+            }
+            QueueKind::Capture => {
+                if pixfmt != PixelFormat::Fwht {
+                    return Err(format!("encoder CAPTURE gives FWHT, not {pixfmt}"));
+                }
+                if capture.format.is_none() {
+                    capture.format = Some(Format::coded(PixelFormat::Fwht, width.max(1), height.max(1)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_control(&mut self, id: u32, value: u32) -> Result<(), String> {
+        let mut params = self.params;
+        match id {
+            ctrl::GOP_SIZE => params.gop_size = value,
+            ctrl::I_FRAME_QP => params.i_frame_qp = value,
+            ctrl::P_FRAME_QP => params.p_frame_qp = value,
+            ctrl::FORCE_KEY_FRAME => {
+                self.force_next = true;
+                return Ok(());
+            }
+            _ => return Err(format!("the FWHT encoder has no {} control ({id})", control_name(id))),
+        }
+        // Without a format there is no codec yet: the values are checked when
+        // the OUTPUT format creates it.
+        if let Some(codec) = self.codec.as_mut() {
+            codec.set_params(params).map_err(|e| e.to_string())?;
+        }
+        self.params = params;
+        Ok(())
+    }
+
+    pub(crate) fn on_output_queued(&mut self, buf: &mut QueuedBuffer) {
+        if std::mem::take(&mut self.force_next) {
+            buf.flags.insert(BufferFlags::KEYFRAME);
+        }
+    }
+
+    pub(crate) fn stream_on(&mut self, queue: QueueKind) {
+        if queue == QueueKind::Capture && self.phase == Phase::Stopped {
+            self.phase = Phase::Running;
+            self.drain = None;
+        }
+    }
+
+    pub(crate) fn stream_off(&mut self, queue: QueueKind) {
+        if queue == QueueKind::Output {
+            // After a flush the stream restarts with a key frame.
+            self.drain = None;
+            self.phase = Phase::Running;
+            if let Some(codec) = self.codec.as_mut() {
+                codec.force_keyframe();
+            }
+        }
+    }
+
+    pub(crate) fn stop(&mut self, output: &FwQueue) {
+        if self.phase != Phase::Stopped {
+            self.drain = Some(output.buffers.len());
+        }
+    }
+
+    pub(crate) fn start(&mut self) {
+        self.phase = Phase::Running;
+        self.drain = None;
+    }
+
+    pub(crate) fn run(&mut self, output: &mut FwQueue, capture: &mut FwQueue, faults: &Faults, sink: &mut Sink<'_>) {
+        while self.phase == Phase::Running && capture.streaming {
+            if output.streaming
+                && self.drain.is_none_or(|n| n > 0)
+                && !output.buffers.is_empty()
+                && let Some(dst) = capture.buffers.pop_front()
+                && let Some(src) = output.buffers.pop_front()
+            {
+                self.encode(src, dst, output.format.as_ref(), faults, sink);
+                if let Some(n) = self.drain.as_mut() {
+                    *n -= 1;
+                }
+            } else if self.drain == Some(0) {
+                let Some(dst) = capture.buffers.pop_front() else { return };
+                sink.done(QueueKind::Capture, &dst, 0, BufferFlags::LAST, self.sequence, "");
+                self.phase = Phase::Stopped;
+                self.drain = None;
+            } else {
+                return;
+            }
+        }
+    }
+
+    fn encode(&mut self, src: QueuedBuffer, dst: QueuedBuffer, raw: Option<&Format>, faults: &Faults, sink: &mut Sink<'_>) {
+        let seq = self.sequence;
+        self.sequence = self.sequence.wrapping_add(1);
+        let dst = QueuedBuffer { timestamp: src.timestamp, ..dst };
+        let result = match (self.codec.as_mut(), raw) {
+            (Some(codec), Some(raw)) if src.bytesused >= raw.size => {
+                if src.flags.contains(BufferFlags::KEYFRAME) {
+                    codec.force_keyframe();
+                }
+                let input = src.region.device_read();
+                let mut output = dst.region.device_write();
+                codec.encode(&input[..raw.size], &mut output).map_err(|e| e.to_string())
+            }
+            (Some(_), Some(raw)) => Err(format!(
+                "OUTPUT buffer {} holds {} bytes, a {}x{} {} frame needs {}",
+                src.index, src.bytesused, raw.width, raw.height, raw.pixelformat, raw.size
+            )),
+            _ => Err("OUTPUT has no format".to_owned()),
+        };
+        let delay = faults.frame_delay();
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        sink.done(QueueKind::Output, &src, src.bytesused, BufferFlags::NONE, 0, "");
+        match result {
+            Ok(enc) => {
+                let kind = if enc.keyframe { BufferFlags::KEYFRAME } else { BufferFlags::PFRAME };
+                sink.done(QueueKind::Capture, &dst, enc.bytes, kind, seq, "");
+            }
+            Err(reason) => sink.done(QueueKind::Capture, &dst, 0, BufferFlags::ERROR, seq, &reason),
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! One codec session inside the firmware: its formats, its mapped regions, its
+//! two buffer queues, and the codec engine that consumes them.
+//!
+//! Every value here arrived through the command ring, so every handle, index,
+//! size and format is checked before it is used; a bad one is answered with a
+//! status (or an ERROR buffer), never with a panic.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::decoder::Decoder;
+use super::encoder::Encoder;
+use super::{Faults, Outbox};
+use crate::m2m::{BufferFlags, Format, PixelFormat, QueueKind, Role};
+use crate::mem::Region;
+use crate::vpu::iommu::Iommu;
+use crate::vpu::protocol::{Command, Response, Status, ctrl};
+
+/// Largest frame side the core accepts.
+pub(crate) const MAX_DIMENSION: u32 = 8192;
+/// Buffers one queue may hold.
+pub(crate) const MAX_QUEUED: usize = 64;
+
+/// A buffer the host queued, resolved to its memory.
+#[derive(Debug)]
+pub(crate) struct QueuedBuffer {
+    pub index: u32,
+    pub region: Arc<Region>,
+    pub bytesused: usize,
+    pub timestamp: u64,
+    pub flags: BufferFlags,
+}
+
+/// A queue as the firmware sees it.
+#[derive(Debug, Default)]
+pub(crate) struct FwQueue {
+    pub format: Option<Format>,
+    pub streaming: bool,
+    pub buffers: VecDeque<QueuedBuffer>,
+}
+
+/// The engine of a session.
+enum Engine {
+    Decoder(Box<Decoder>),
+    Encoder(Box<Encoder>),
+}
+
+pub(crate) struct FwSession {
+    pub id: u32,
+    pub output: FwQueue,
+    pub capture: FwQueue,
+    /// Regions the host mapped for this session: handle -> region.
+    mapped: HashMap<u32, Arc<Region>>,
+    iommu: Arc<Iommu>,
+    engine: Engine,
+}
+
+/// Where a session sends what it produces.
+pub(crate) struct Sink<'a> {
+    pub id: u32,
+    pub outbox: &'a mut Outbox,
+}
+
+impl Sink<'_> {
+    pub(crate) fn done(&mut self, queue: QueueKind, buf: &QueuedBuffer, bytesused: usize, flags: BufferFlags, sequence: u32, error: &str) {
+        self.outbox.post(
+            self.id,
+            0,
+            Response::BufferDone {
+                queue,
+                index: buf.index,
+                bytesused: bytesused as u32,
+                timestamp: buf.timestamp,
+                flags,
+                sequence,
+                error: error.to_owned(),
+            },
+        );
+    }
+
+    pub(crate) fn post(&mut self, response: Response) {
+        self.outbox.post(self.id, 0, response);
+    }
+}
+
+impl FwSession {
+    pub(crate) fn open(id: u32, role: Role, codec: u32, iommu: Arc<Iommu>) -> Result<FwSession, String> {
+        let engine = match (PixelFormat::from_fourcc(codec), role) {
+            (Some(PixelFormat::Fwht), Role::Decoder) => Engine::Decoder(Box::default()),
+            (Some(PixelFormat::Fwht), Role::Encoder) => Engine::Encoder(Box::default()),
+            _ => {
+                let name = String::from_utf8_lossy(&codec.to_le_bytes()).into_owned();
+                return Err(format!("this VPU has no {role} for {name:?}"));
+            }
+        };
+        Ok(FwSession {
+            id,
+            output: FwQueue::default(),
+            capture: FwQueue::default(),
+            mapped: HashMap::new(),
+            iommu,
+            engine,
+        })
+    }
+
+    fn queue_mut(&mut self, q: QueueKind) -> &mut FwQueue {
+        match q {
+            QueueKind::Output => &mut self.output,
+            QueueKind::Capture => &mut self.capture,
+        }
+    }
+
+    pub(crate) fn command(&mut self, seq: u32, cmd: Command, outbox: &mut Outbox) {
+        let reply = match self.apply(cmd, outbox) {
+            Ok(None) => return,
+            Ok(Some(())) => Response::Ack { status: Status::Ok, text: String::new() },
+            Err((status, text)) => Response::Ack { status, text },
+        };
+        outbox.post(self.id, seq, reply);
+    }
+
+    /// `Ok(None)`: the command needs no acknowledgement (queueing a buffer).
+    fn apply(&mut self, cmd: Command, outbox: &mut Outbox) -> Result<Option<()>, (Status, String)> {
+        let bad = |text: String| (Status::BadArgument, text);
+        match cmd {
+            Command::SetFormat { queue, fourcc, width, height, colorimetry } => {
+                if width > MAX_DIMENSION || height > MAX_DIMENSION {
+                    return Err(bad(format!("{width}x{height} exceeds {MAX_DIMENSION}x{MAX_DIMENSION}")));
+                }
+                let pixfmt = PixelFormat::from_fourcc(fourcc)
+                    .ok_or_else(|| bad(format!("unknown pixel format {fourcc:#010x}")))?;
+                if self.queue_mut(queue).streaming {
+                    return Err((Status::BadState, format!("{queue} is streaming")));
+                }
+                match &mut self.engine {
+                    Engine::Decoder(d) => d.set_format(&mut self.output, &mut self.capture, queue, pixfmt, width, height, colorimetry),
+                    Engine::Encoder(e) => e.set_format(&mut self.output, &mut self.capture, queue, pixfmt, width, height, colorimetry),
+                }
+                .map_err(bad)?;
+                Ok(Some(()))
+            }
+            Command::MapRegion { handle, size } => {
+                let region = self
+                    .iommu
+                    .lookup(handle)
+                    .ok_or((Status::NoEntity, format!("region handle {handle} is not in the IOMMU")))?;
+                if region.size() as u64 != size {
+                    return Err(bad(format!("region {handle} is {} bytes, the host says {size}", region.size())));
+                }
+                self.mapped.insert(handle, region);
+                Ok(Some(()))
+            }
+            Command::UnmapRegion { handle } => {
+                let in_use = |q: &FwQueue| q.buffers.iter().any(|b| self.mapped.get(&handle).is_some_and(|r| Arc::ptr_eq(r, &b.region)));
+                if in_use(&self.output) || in_use(&self.capture) {
+                    return Err((Status::BadState, format!("region {handle} is still queued")));
+                }
+                self.mapped
+                    .remove(&handle)
+                    .map(|_| Some(()))
+                    .ok_or((Status::NoEntity, format!("region handle {handle} is not mapped")))
+            }
+            Command::QueueBuffer { queue, index, handle, bytesused, timestamp, flags } => {
+                let fault = match self.mapped.get(&handle) {
+                    None => Some(format!("{queue} buffer {index}: region handle {handle} is not mapped")),
+                    Some(r) if bytesused as usize > r.size() => {
+                        Some(format!("{queue} buffer {index}: bytesused {bytesused} exceeds the {}-byte region", r.size()))
+                    }
+                    Some(_) if self.queue_mut(queue).buffers.len() >= MAX_QUEUED => {
+                        Some(format!("{queue} already holds {MAX_QUEUED} buffers"))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(text) = fault {
+                    // Not queued: hand it straight back, flagged.
+                    outbox.post(self.id, 0, Response::BufferDone {
+                        queue,
+                        index,
+                        bytesused: 0,
+                        timestamp,
+                        flags: BufferFlags::ERROR,
+                        sequence: 0,
+                        error: text,
+                    });
+                    return Ok(None);
+                }
+                let region = self.mapped[&handle].clone();
+                let mut buf = QueuedBuffer { index, region, bytesused: bytesused as usize, timestamp, flags };
+                if let Engine::Encoder(e) = &mut self.engine
+                    && queue == QueueKind::Output
+                {
+                    e.on_output_queued(&mut buf);
+                }
+                self.queue_mut(queue).buffers.push_back(buf);
+                Ok(None)
+            }
+            Command::StreamOn { queue } => {
+                if self.queue_mut(queue).format.is_none() && !(queue == QueueKind::Output && matches!(self.engine, Engine::Decoder(_))) {
+                    return Err((Status::BadState, format!("{queue} has no format")));
+                }
+                self.queue_mut(queue).streaming = true;
+                match &mut self.engine {
+                    Engine::Decoder(d) => d.stream_on(queue),
+                    Engine::Encoder(e) => e.stream_on(queue),
+                }
+                Ok(Some(()))
+            }
+            Command::StreamOff { queue } => {
+                let q = self.queue_mut(queue);
+                q.streaming = false;
+                q.buffers.clear();
+                match &mut self.engine {
+                    Engine::Decoder(d) => d.stream_off(queue),
+                    Engine::Encoder(e) => e.stream_off(queue),
+                }
+                Ok(Some(()))
+            }
+            Command::Stop => {
+                match &mut self.engine {
+                    Engine::Decoder(d) => d.stop(&self.output),
+                    Engine::Encoder(e) => e.stop(&self.output),
+                }
+                Ok(Some(()))
+            }
+            Command::Start => {
+                match &mut self.engine {
+                    Engine::Decoder(d) => d.start(),
+                    Engine::Encoder(e) => e.start(),
+                }
+                Ok(Some(()))
+            }
+            Command::SetControl { id, value } => {
+                match &mut self.engine {
+                    Engine::Encoder(e) => e.set_control(id, value).map_err(bad)?,
+                    Engine::Decoder(_) => {
+                        return Err(bad(format!("control {id} does not apply to a decoder")));
+                    }
+                }
+                Ok(Some(()))
+            }
+            Command::Open { .. } | Command::Close => unreachable_command(),
+        }
+    }
+
+    /// Does whatever work the queues allow right now.
+    pub(crate) fn run(&mut self, faults: &Faults, outbox: &mut Outbox) {
+        let mut sink = Sink { id: self.id, outbox };
+        match &mut self.engine {
+            Engine::Decoder(d) => d.run(&mut self.output, &mut self.capture, faults, &mut sink),
+            Engine::Encoder(e) => e.run(&mut self.output, &mut self.capture, faults, &mut sink),
+        }
+    }
+}
+
+/// Open and Close are handled by the core before a session is looked up.
+fn unreachable_command() -> Result<Option<()>, (Status, String)> {
+    Err((Status::BadState, "session-level command routed to the core".into()))
+}
+
+/// Control ids for messages.
+pub(crate) fn control_name(id: u32) -> &'static str {
+    match id {
+        ctrl::GOP_SIZE => "gop-size",
+        ctrl::I_FRAME_QP => "i-frame-qp",
+        ctrl::P_FRAME_QP => "p-frame-qp",
+        ctrl::BITRATE => "bitrate",
+        ctrl::FORCE_KEY_FRAME => "force-key-frame",
+        _ => "unknown",
+    }
+}
