@@ -4,5 +4,6 @@
 //! kernel backend.
 
 pub mod format;
+pub mod layout;
 
 pub use format::{Colorimetry, Format, PixelFormat, PlaneLayout};
