@@ -30,6 +30,7 @@
 //! frame that only a display imports never costs a cache invalidate.
 
 pub mod format;
+pub mod layout;
 
 use std::fmt;
 use std::sync::Arc;
