@@ -29,6 +29,7 @@
 //! CPU calls `Region::sync_for_cpu` first (the allocator does this on map), so a
 //! frame that only a display imports never costs a cache invalidate.
 
+pub mod blocking;
 pub mod format;
 pub mod layout;
 

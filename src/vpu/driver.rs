@@ -701,6 +701,10 @@ impl Session for EmuSession {
         let invalid = |reason: String| M2mError::InvalidFormat { queue, reason };
         let (w, h, cm) = match (&st.stream, self.role, queue) {
             (Some((_, w, h, cm)), Role::Decoder, QueueKind::Capture) => (*w, *h, *cm),
+            (_, Role::Decoder, QueueKind::Output) if format.width == 0 || format.height == 0 => {
+                let (w, h) = protocol::DEFAULT_CODED_SIZE;
+                (w, h, format.colorimetry)
+            }
             _ => (format.width, format.height, format.colorimetry),
         };
         let mut effective = if format.pixelformat.is_coded() {

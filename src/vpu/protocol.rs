@@ -85,6 +85,10 @@ pub struct Message {
 }
 const _: () = assert!(std::mem::size_of::<Message>() == SLOT_SIZE);
 
+/// Frame size a decoder's OUTPUT (bitstream) buffers are sized for when the
+/// host sets a coded format without a size.
+pub const DEFAULT_CODED_SIZE: (u32, u32) = (1920, 1088);
+
 /// Bytes a control region needs for rings of these sizes.
 pub const fn control_region_size(cmd_slots: u32, resp_slots: u32) -> usize {
     64 + 2 * std::mem::size_of::<RingHeader>() + (cmd_slots as usize + resp_slots as usize) * SLOT_SIZE

@@ -15,12 +15,10 @@ use super::Faults;
 use super::session::{FwQueue, QueuedBuffer, Sink};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::fwht::{self, FrameScanner, FwhtDecoder, FwhtHeader};
-use crate::vpu::protocol::{MAX_FORMATS, Response};
+use crate::vpu::protocol::{DEFAULT_CODED_SIZE, MAX_FORMATS, Response};
 
 /// Complete frames held before the core stops taking OUTPUT buffers.
 const MAX_PENDING_FRAMES: usize = 2;
-/// Default OUTPUT (bitstream) buffer size when the host gives no frame size.
-const DEFAULT_CODED_SIZE: (u32, u32) = (1920, 1088);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {

@@ -1,0 +1,503 @@
+//! The m2m contract on the emulated VPU, without GStreamer: round trips,
+//! source changes, drain, flush, corrupt input, firmware faults, concurrency
+//! and the coherency checker watching the whole path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gstrsvpu::m2m::blocking::{BlockingDecoder, BlockingEncoder};
+use gstrsvpu::m2m::{
+    Buffer, BufferFlags, Control, Event, Format, M2mError, Memory, PixelFormat, QueueKind, Role, Session,
+};
+use gstrsvpu::mem::{Checker, CheckerConfig, Coherency};
+use gstrsvpu::sys::DmaBackend;
+use gstrsvpu::vpu::codec::fwht::{self, EncoderParams, FwhtDecoder, FwhtEncoder};
+use gstrsvpu::vpu::{EmuConfig, EmuVpu};
+
+fn vpu_with(watchdog: Duration, simulate_cache: bool) -> EmuVpu {
+    let checker = Checker::new(CheckerConfig { simulate_cache, ..CheckerConfig::default() });
+    EmuVpu::new(EmuConfig { checker, backend: DmaBackend::Memfd, watchdog, ring_slots: 64 }).unwrap()
+}
+
+fn vpu() -> EmuVpu {
+    vpu_with(Duration::from_secs(5), true)
+}
+
+fn frames(raw: &Format, n: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut f = vec![0; raw.size];
+            fwht::test_pattern(raw, i, &mut f);
+            f
+        })
+        .collect()
+}
+
+struct Coded {
+    data: Vec<u8>,
+    timestamp: u64,
+    keyframe: bool,
+}
+
+fn encode(vpu: &EmuVpu, raw: &Format, input: &[Vec<u8>], controls: &[Control]) -> Vec<Coded> {
+    let session = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
+    let mut enc = BlockingEncoder::new(session, raw, controls, 3).unwrap();
+    let mut out = Vec::new();
+    let mut take = |b: &Buffer| {
+        assert!(!b.flags.contains(BufferFlags::ERROR), "encode error: {:?}", b.error);
+        out.push(Coded {
+            data: b.region.cpu_read()[..b.bytesused].to_vec(),
+            timestamp: b.timestamp,
+            keyframe: b.flags.contains(BufferFlags::KEYFRAME),
+        });
+        Ok(())
+    };
+    for (i, f) in input.iter().enumerate() {
+        enc.encode(f, i as u64 * 1000, false, &mut take).unwrap();
+    }
+    enc.finish(&mut take).unwrap();
+    out
+}
+
+struct Decoded {
+    data: Vec<u8>,
+    format: Format,
+    timestamp: u64,
+    error: Option<String>,
+}
+
+/// Decodes `chunks` (timestamp, bytes) with cacheable CAPTURE memory.
+fn decode(vpu: &EmuVpu, chunks: &[(u64, &[u8])]) -> Vec<Decoded> {
+    let session = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
+    let mut dec = BlockingDecoder::new(session, Coherency::Cacheable, 2, 1).unwrap();
+    let mut out: Vec<Decoded> = Vec::new();
+    let formats = std::cell::RefCell::new(Vec::<Format>::new());
+    {
+        let mut take = |b: &Buffer| {
+            b.region.sync_for_cpu()?;
+            out.push(Decoded {
+                data: b.region.cpu_read()[..b.bytesused].to_vec(),
+                format: Format::raw(PixelFormat::I420, 1, 1).unwrap(),
+                timestamp: b.timestamp,
+                error: b.error.clone(),
+            });
+            Ok(())
+        };
+        for (ts, c) in chunks {
+            dec.decode(c, *ts, &mut take).unwrap();
+            if let Some(f) = dec.format() {
+                formats.borrow_mut().push(f.clone());
+            }
+        }
+        dec.finish(&mut take).unwrap();
+    }
+    // Every frame's format is the one whose size matches its bytes.
+    let formats = formats.into_inner();
+    for d in out.iter_mut() {
+        if let Some(f) = formats.iter().rev().find(|f| f.size == d.data.len()) {
+            d.format = f.clone();
+        }
+    }
+    out
+}
+
+fn bare_decode(stream: &[Coded], raw: &Format) -> Vec<Vec<u8>> {
+    let mut dec = FwhtDecoder::new();
+    stream
+        .iter()
+        .map(|c| {
+            let mut out = vec![0; raw.size];
+            dec.decode(&c.data, raw, &mut out).unwrap();
+            out
+        })
+        .collect()
+}
+
+fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    let mse = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>() / a.len() as f64;
+    if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0 * 255.0 / mse).log10() }
+}
+
+#[test]
+fn encode_decode_round_trip_matches_the_bare_codec() {
+    let vpu = vpu();
+    for (pixfmt, w, h) in [(PixelFormat::I420, 320, 240), (PixelFormat::Rgb24, 322, 242), (PixelFormat::Nv12, 176, 144)] {
+        let raw = Format::raw(pixfmt, w, h).unwrap();
+        let input = frames(&raw, 12);
+        let coded = encode(&vpu, &raw, &input, &[Control::GopSize(5)]);
+        assert_eq!(coded.len(), 12, "{pixfmt}: every frame encoded");
+        assert!(coded[0].keyframe && !coded[1].keyframe, "{pixfmt}: I then P frames");
+        for (i, c) in coded.iter().enumerate() {
+            assert_eq!(c.timestamp, i as u64 * 1000, "{pixfmt}: encoder keeps timestamps");
+        }
+
+        // Same bytes as the bare codec with the same settings.
+        let params = EncoderParams { gop_size: 5, ..EncoderParams::default() };
+        let mut bare = FwhtEncoder::new(&raw, params).unwrap();
+        for (f, c) in input.iter().zip(&coded) {
+            let mut dst = vec![0; FwhtEncoder::max_frame_size(&raw)];
+            let e = bare.encode(f, &mut dst).unwrap();
+            assert_eq!(&dst[..e.bytes], &c.data[..], "{pixfmt}: VPU path and bare encoder agree");
+        }
+
+        let chunks: Vec<(u64, &[u8])> = coded.iter().map(|c| (c.timestamp, &c.data[..])).collect();
+        let decoded = decode(&vpu, &chunks);
+        assert_eq!(decoded.len(), 12, "{pixfmt}: N frames in, N frames out");
+        let reference = bare_decode(&coded, &raw);
+        let cap = Format::raw(decoded[0].format.pixelformat, w, h).unwrap();
+        for (i, d) in decoded.iter().enumerate() {
+            assert!(d.error.is_none(), "{pixfmt}: frame {i}: {:?}", d.error);
+            assert_eq!(d.timestamp, i as u64 * 1000, "{pixfmt}: decoder keeps timestamps");
+            if cap.pixelformat == pixfmt {
+                assert_eq!(d.data, reference[i], "{pixfmt}: frame {i} equals the bare decoder's");
+                let p = psnr(&d.data, &input[i]);
+                assert!(p > 28.0, "{pixfmt}: frame {i} PSNR {p:.1} dB");
+            }
+        }
+    }
+    assert_eq!(vpu.checker().violation_count(), 0, "{:?}", vpu.checker().violations());
+}
+
+#[test]
+fn unframed_chunks_decode_to_the_same_frames() {
+    let vpu = vpu();
+    let raw = Format::raw(PixelFormat::I420, 160, 120).unwrap();
+    let coded = encode(&vpu, &raw, &frames(&raw, 8), &[]);
+    let stream: Vec<u8> = coded.iter().flat_map(|c| c.data.iter().copied()).collect();
+    // Garbage before the first header is skipped, like the kernel's decoder does.
+    let mut with_garbage = vec![0x55u8; 37];
+    with_garbage.extend_from_slice(&stream);
+    let chunks: Vec<(u64, &[u8])> = with_garbage.chunks(777).enumerate().map(|(i, c)| (i as u64, c)).collect();
+    let decoded = decode(&vpu, &chunks);
+    let reference = bare_decode(&coded, &raw);
+    assert_eq!(decoded.len(), 8);
+    for (d, r) in decoded.iter().zip(&reference) {
+        assert_eq!(&d.data, r);
+    }
+    assert_eq!(vpu.checker().violation_count(), 0);
+}
+
+#[test]
+fn resolution_change_mid_stream_raises_source_change() {
+    let vpu = vpu();
+    let small = Format::raw(PixelFormat::I420, 160, 120).unwrap();
+    let big = Format::raw(PixelFormat::I420, 328, 248).unwrap();
+    let mut coded = encode(&vpu, &small, &frames(&small, 3), &[]);
+    coded.extend(encode(&vpu, &big, &frames(&big, 4), &[]));
+    let chunks: Vec<(u64, &[u8])> = coded.iter().enumerate().map(|(i, c)| (i as u64, &c.data[..])).collect();
+
+    // Drive the session by hand to see the events in order.
+    let session = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
+    let mut dec = BlockingDecoder::new(session, Coherency::Coherent, 2, 1).unwrap();
+    let mut sizes = Vec::new();
+    let mut take = |b: &Buffer| {
+        sizes.push(b.bytesused);
+        Ok(())
+    };
+    for (ts, c) in &chunks {
+        dec.decode(c, *ts, &mut take).unwrap();
+    }
+    dec.finish(&mut take).unwrap();
+    assert_eq!(sizes.len(), 7, "no frame lost across the change");
+    assert!(sizes[..3].iter().all(|&s| s == small.size));
+    assert!(sizes[3..].iter().all(|&s| s == big.size));
+    assert_eq!(dec.format().unwrap().width, 328);
+    assert_eq!(dec.format().unwrap().height, 248);
+}
+
+/// Sets up a decoder session by hand (no blocking helper) up to streaming.
+fn manual_decoder(vpu: &EmuVpu, first: &[u8]) -> (Box<dyn Session>, Vec<Buffer>) {
+    let s = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
+    s.set_format(QueueKind::Output, &Format::coded(PixelFormat::Fwht, 320, 240)).unwrap();
+    let mut outs = s.allocate_buffers(QueueKind::Output, 8, Memory::Allocate(Coherency::Coherent)).unwrap();
+    s.stream_on(QueueKind::Output).unwrap();
+    let mut b = outs.remove(0);
+    b.region.cpu_write()[..first.len()].copy_from_slice(first);
+    b.bytesused = first.len();
+    s.queue(b).unwrap();
+    let sc = loop {
+        match s.wait_event(Duration::from_secs(5)).unwrap() {
+            Some(Event::SourceChange(sc)) => break sc,
+            Some(Event::BufferDone(b)) => outs.push(b),
+            None => panic!("no source change"),
+        }
+    };
+    assert_eq!((sc.format.width, sc.format.height), (320, 240));
+    assert_eq!(sc.formats.first(), Some(&PixelFormat::I420), "4:2:0 decodes to YU12 first, as vicodec");
+    s.set_format(QueueKind::Capture, &sc.format).unwrap();
+    let caps = s.allocate_buffers(QueueKind::Capture, 6, Memory::Allocate(Coherency::Coherent)).unwrap();
+    s.stream_on(QueueKind::Capture).unwrap();
+    for c in caps {
+        s.queue(c).unwrap();
+    }
+    (s, outs)
+}
+
+#[test]
+fn drain_returns_every_frame_then_last() {
+    let vpu = vpu();
+    let raw = Format::raw(PixelFormat::I420, 320, 240).unwrap();
+    let coded = encode(&vpu, &raw, &frames(&raw, 5), &[]);
+    let (s, mut outs) = manual_decoder(&vpu, &coded[0].data);
+    for (i, c) in coded.iter().enumerate().skip(1) {
+        let mut b = outs.pop().unwrap();
+        b.region.cpu_write()[..c.data.len()].copy_from_slice(&c.data);
+        b.bytesused = c.data.len();
+        b.timestamp = i as u64;
+        s.queue(b).unwrap();
+    }
+    s.drain().unwrap();
+    let mut got = Vec::new();
+    loop {
+        match s.wait_event(Duration::from_secs(5)).unwrap().expect("drain must finish") {
+            Event::BufferDone(b) if b.queue == QueueKind::Capture => {
+                if b.flags.contains(BufferFlags::LAST) {
+                    assert_eq!(b.bytesused, 0);
+                    break;
+                }
+                got.push(b.timestamp);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(got, vec![0, 1, 2, 3, 4]);
+    // After LAST the decoder is stopped until started again; then it decodes.
+    s.start().unwrap();
+}
+
+#[test]
+fn eos_without_any_frame_does_not_hang() {
+    let vpu = vpu();
+    let session = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
+    let mut dec = BlockingDecoder::new(session, Coherency::Coherent, 2, 1).unwrap();
+    let mut n = 0;
+    dec.finish(&mut |_| {
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, 0);
+
+    let session = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
+    let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
+    let mut enc = BlockingEncoder::new(session, &raw, &[], 2).unwrap();
+    enc.finish(&mut |_| {
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn flush_discards_and_restarts_at_a_keyframe() {
+    let vpu = vpu();
+    let raw = Format::raw(PixelFormat::I420, 160, 120).unwrap();
+    let coded = encode(&vpu, &raw, &frames(&raw, 10), &[Control::GopSize(5)]);
+    assert!(coded[5].keyframe);
+    let session = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
+    let mut dec = BlockingDecoder::new(session, Coherency::Coherent, 4, 1).unwrap();
+    let mut got: Vec<(u64, bool)> = Vec::new();
+    let mut take = |b: &Buffer| {
+        got.push((b.timestamp, b.flags.contains(BufferFlags::ERROR)));
+        Ok(())
+    };
+    for (i, c) in coded.iter().enumerate().take(3) {
+        dec.decode(&c.data, i as u64, &mut take).unwrap();
+    }
+    dec.flush().unwrap();
+    // Seek target: the key frame at 5.
+    for (i, c) in coded.iter().enumerate().skip(5) {
+        dec.decode(&c.data, i as u64, &mut take).unwrap();
+    }
+    dec.finish(&mut take).unwrap();
+    let after: Vec<_> = got.iter().filter(|(ts, _)| *ts >= 5).collect();
+    assert_eq!(after.len(), 5, "every frame after the seek decodes: {got:?}");
+    assert!(after.iter().all(|(_, err)| !err), "no error after a flush to a key frame: {got:?}");
+    assert!(got.iter().all(|(ts, _)| *ts < 3 || *ts >= 5), "nothing of the flushed input comes out");
+}
+
+#[test]
+fn corrupt_and_truncated_frames_are_buffer_errors_and_decoding_continues() {
+    let vpu = vpu();
+    let raw = Format::raw(PixelFormat::I420, 160, 120).unwrap();
+    let mut coded = encode(&vpu, &raw, &frames(&raw, 8), &[Control::GopSize(4)]);
+    assert!(coded[4].keyframe);
+    // Frame 1: payload garbage (a coefficient run past the end of a block
+    // or a plane overflow); frame 7: cut short at the end of the stream.
+    for b in coded[1].data[44..].iter_mut() {
+        *b = 0xff;
+    }
+    let cut = coded[7].data.len() / 2;
+    coded[7].data.truncate(cut);
+    let chunks: Vec<(u64, &[u8])> = coded.iter().enumerate().map(|(i, c)| (i as u64, &c.data[..])).collect();
+    let decoded = decode(&vpu, &chunks);
+    let errors: Vec<(u64, &str)> =
+        decoded.iter().filter_map(|d| d.error.as_deref().map(|e| (d.timestamp, e))).collect();
+    let good: Vec<u64> = decoded.iter().filter(|d| d.error.is_none()).map(|d| d.timestamp).collect();
+    assert!(errors.iter().any(|(ts, _)| *ts == 1), "corrupt frame flagged: {errors:?}");
+    assert!(errors.iter().any(|(ts, e)| *ts == 7 && e.contains("truncated")), "truncated frame flagged: {errors:?}");
+    assert!(good.contains(&0));
+    assert_eq!(&good[good.len() - 3..], &[4, 5, 6], "decoding resumes at the next key frame: {good:?}");
+    for (_, e) in &errors {
+        assert!(!e.is_empty(), "every error says what was wrong");
+    }
+}
+
+#[test]
+fn firmware_hang_becomes_a_timeout_within_the_watchdog_bound() {
+    let watchdog = Duration::from_millis(300);
+    let vpu = vpu_with(watchdog, false);
+    let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
+    let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
+    s.set_format(QueueKind::Output, &raw).unwrap();
+    let mut outs = s.allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
+    let caps = s.allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
+    s.stream_on(QueueKind::Output).unwrap();
+    s.stream_on(QueueKind::Capture).unwrap();
+    vpu.faults().set_hang(true);
+    for c in caps {
+        s.queue(c).unwrap();
+    }
+    let mut b = outs.remove(0);
+    b.bytesused = raw.size;
+    s.queue(b).unwrap();
+    let start = Instant::now();
+    let err = loop {
+        match s.wait_event(Duration::from_millis(100)) {
+            Err(e) => break e,
+            Ok(_) => assert!(start.elapsed() < Duration::from_secs(10), "no timeout"),
+        }
+    };
+    assert!(matches!(err, M2mError::Timeout(_)), "{err}");
+    assert!(start.elapsed() < watchdog * 4, "took {:?}", start.elapsed());
+    assert!(err.to_string().contains("did not answer"));
+    // Commands now fail fast instead of blocking.
+    assert!(s.drain().is_err());
+    vpu.faults().set_hang(false);
+}
+
+#[test]
+fn dropped_and_corrupt_responses_are_errors_not_hangs() {
+    let watchdog = Duration::from_millis(300);
+    let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
+    for corrupt in [false, true] {
+        let vpu = vpu_with(watchdog, false);
+        let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
+        s.set_format(QueueKind::Output, &raw).unwrap();
+        let mut outs = s.allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
+        let caps = s.allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
+        s.stream_on(QueueKind::Output).unwrap();
+        s.stream_on(QueueKind::Capture).unwrap();
+        if corrupt {
+            vpu.faults().corrupt_responses(1);
+        } else {
+            vpu.faults().drop_responses(2);
+        }
+        for c in caps {
+            s.queue(c).unwrap();
+        }
+        let mut b = outs.remove(0);
+        b.bytesused = raw.size;
+        s.queue(b).unwrap();
+        let start = Instant::now();
+        let err = loop {
+            match s.wait_event(Duration::from_millis(100)) {
+                Err(e) => break e,
+                Ok(_) => assert!(start.elapsed() < Duration::from_secs(10), "no error"),
+            }
+        };
+        if corrupt {
+            assert!(matches!(err, M2mError::Firmware(_)), "{err}");
+            assert!(err.to_string().contains("corrupt"), "{err}");
+        } else {
+            assert!(matches!(err, M2mError::Timeout(_)), "{err}");
+        }
+    }
+}
+
+#[test]
+fn several_sessions_run_side_by_side() {
+    let vpu = Arc::new(vpu_with(Duration::from_secs(5), false));
+    let threads: Vec<_> = (0..6u32)
+        .map(|i| {
+            let vpu = vpu.clone();
+            std::thread::spawn(move || {
+                let raw = Format::raw(PixelFormat::I420, 96 + 8 * i, 64 + 8 * i).unwrap();
+                let input = frames(&raw, 6);
+                let coded = encode(&vpu, &raw, &input, &[]);
+                let chunks: Vec<(u64, &[u8])> = coded.iter().map(|c| (c.timestamp, &c.data[..])).collect();
+                let decoded = decode(&vpu, &chunks);
+                assert_eq!(decoded.len(), 6);
+                assert_eq!(decoded[5].data, bare_decode(&coded, &raw)[5]);
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(vpu.mapped_regions(), 0, "every session unmapped its memory on close");
+}
+
+#[test]
+fn a_missing_cache_clean_is_caught_and_corrupts_like_real_hardware() {
+    // The client writes a cacheable OUTPUT frame and queues it claiming it
+    // never touched it: the device reads stale memory.
+    let vpu = vpu_with(Duration::from_secs(5), true);
+    let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
+    let input = frames(&raw, 1).remove(0);
+    let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
+    s.set_format(QueueKind::Output, &raw).unwrap();
+    let mut outs = s.allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Cacheable)).unwrap();
+    let caps = s.allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
+    s.stream_on(QueueKind::Output).unwrap();
+    s.stream_on(QueueKind::Capture).unwrap();
+    for c in caps {
+        s.queue(c).unwrap();
+    }
+    let mut b = outs.remove(0);
+    b.region.cpu_write()[..raw.size].copy_from_slice(&input);
+    b.bytesused = raw.size;
+    b.flags = BufferFlags::NO_CACHE_CLEAN;
+    s.queue(b).unwrap();
+    let coded = loop {
+        if let Some(Event::BufferDone(b)) = s.wait_event(Duration::from_secs(5)).unwrap()
+            && b.queue == QueueKind::Capture
+        {
+            break b.region.cpu_read()[..b.bytesused].to_vec();
+        }
+    };
+    let violations = vpu.checker().take_violations();
+    assert!(!violations.is_empty(), "the checker reports the missing clean");
+    let text = violations[0].to_string();
+    assert!(text.contains("vpu") && text.contains("output"), "names the buffer: {text}");
+    // The device saw zeros (stale DRAM), not the picture.
+    let mut dec = FwhtDecoder::new();
+    let mut out = vec![0; raw.size];
+    dec.decode(&coded, &raw, &mut out).unwrap();
+    assert!(psnr(&out, &input) < 20.0, "stale data was encoded");
+}
+
+#[test]
+fn bad_requests_get_clear_errors() {
+    let vpu = vpu();
+    let err = vpu.open(Role::Decoder, PixelFormat::H264).err().expect("no H.264 on the emulated VPU yet");
+    assert!(err.to_string().contains("H264"), "{err}");
+    let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
+    let err = s.set_format(QueueKind::Output, &Format::coded(PixelFormat::Fwht, 64, 64)).unwrap_err();
+    assert!(err.to_string().contains("raw"), "{err}");
+    let err = s.allocate_buffers(QueueKind::Output, 2, Memory::Allocate(Coherency::Coherent)).unwrap_err();
+    assert!(err.to_string().contains("format"), "{err}");
+    let err = s.set_control(Control::Bitrate(1000)).unwrap_err();
+    assert!(err.to_string().contains("bitrate"), "{err}");
+    let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
+    s.set_format(QueueKind::Output, &raw).unwrap();
+    let err = s.set_control(Control::IFrameQp(1000)).unwrap_err();
+    assert!(matches!(err, M2mError::InvalidControl { .. }), "{err}");
+    let outs = s.allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
+    let mut wrong = outs.into_iter().next().unwrap();
+    wrong.index = 9;
+    let e = s.queue(wrong).unwrap_err();
+    assert_eq!(e.buffer.index, 9, "a failed queue hands the buffer back");
+    assert!(e.to_string().contains("index 9"), "{e}");
+}
