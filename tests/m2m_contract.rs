@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use gstrsvpu::m2m::blocking::{BlockingDecoder, BlockingEncoder};
 use gstrsvpu::m2m::{
-    Buffer, BufferFlags, Control, Event, Format, M2mError, Memory, PixelFormat, QueueKind, Role, Session,
+    Buffer, BufferFlags, Control, Device, Event, Format, M2mError, Memory, PixelFormat, QueueKind, Role, Session,
 };
 use gstrsvpu::mem::{Checker, CheckerConfig, Coherency};
 use gstrsvpu::sys::DmaBackend;

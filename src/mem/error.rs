@@ -7,6 +7,9 @@ use crate::sys::DmaBackend;
 /// What went wrong creating, importing, sharing or pooling a region.
 #[derive(Debug, thiserror::Error)]
 pub enum MemError {
+    #[error("shared memory access: {0}")]
+    OutOfRange(#[from] crate::sys::OutOfRange),
+
     #[error("region \"{name}\": size must be at least 1 byte, got 0")]
     ZeroSize { name: String },
 

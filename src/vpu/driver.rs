@@ -267,7 +267,7 @@ impl EmuVpu {
             heartbeat: 0,
             reserved: [0; 8],
         };
-        control.shared()?.write_at(0, bytemuck::bytes_of(&header))?;
+        control.shared()?.write_at(0, bytemuck::bytes_of(&header)).map_err(crate::mem::MemError::from)?;
         let commands = Producer::new(control.clone(), 64, slots).map_err(ring_error)?;
         let responses = Consumer::new(control.clone(), 64 + ring, slots).map_err(ring_error)?;
         let doorbell = Arc::new(EventFd::new()?);

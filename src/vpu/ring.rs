@@ -98,7 +98,7 @@ impl Producer {
             return Err(RingError::Full(pending));
         }
         let map = self.mem.region.shared()?;
-        map.write_at(self.mem.slot_offset(self.head), bytemuck::bytes_of(msg))?;
+        map.write_at(self.mem.slot_offset(self.head), bytemuck::bytes_of(msg)).map_err(MemError::from)?;
         self.head = self.head.wrapping_add(1);
         self.mem.index(RING_HEAD_OFFSET)?.store(self.head, Ordering::Release);
         Ok(())
@@ -127,7 +127,7 @@ impl Consumer {
         }
         let mut msg = Message::zeroed();
         let map = self.mem.region.shared()?;
-        map.read_at(self.mem.slot_offset(self.tail), bytemuck::bytes_of_mut(&mut msg))?;
+        map.read_at(self.mem.slot_offset(self.tail), bytemuck::bytes_of_mut(&mut msg)).map_err(MemError::from)?;
         self.tail = self.tail.wrapping_add(1);
         self.mem.index(RING_TAIL_OFFSET)?.store(self.tail, Ordering::Release);
         Ok(Some(msg))

@@ -258,7 +258,8 @@ impl Decoder {
             Some(mut f) => {
                 f.colorimetry = info.colorimetry;
                 let mut formats: Vec<u32> = vec![f.pixelformat.fourcc()];
-                formats.extend(info.formats.iter().map(|p| p.fourcc()).filter(|&c| c != formats[0]));
+                let first = formats[0];
+                formats.extend(info.formats.iter().map(|p| p.fourcc()).filter(|&c| c != first));
                 formats.truncate(MAX_FORMATS);
                 sink.post(Response::SourceChange {
                     fourcc: f.pixelformat.fourcc(),

@@ -124,7 +124,7 @@ struct Core {
 impl Core {
     fn boot(parts: FirmwareParts) -> Result<Core, RingError> {
         let mut header = SharedHeader::zeroed_header();
-        parts.control.shared()?.read_at(0, bytemuck::bytes_of_mut(&mut header))?;
+        parts.control.shared()?.read_at(0, bytemuck::bytes_of_mut(&mut header)).map_err(crate::mem::MemError::from)?;
         let commands =
             Consumer::new(parts.control.clone(), header.cmd_ring_offset as usize, header.cmd_ring_slots)?;
         let responses =

@@ -161,12 +161,13 @@ impl FwSession {
                     .ok_or((Status::NoEntity, format!("region handle {handle} is not mapped")))
             }
             Command::QueueBuffer { queue, index, handle, bytesused, timestamp, flags } => {
+                let queued = self.queue_mut(queue).buffers.len();
                 let fault = match self.mapped.get(&handle) {
                     None => Some(format!("{queue} buffer {index}: region handle {handle} is not mapped")),
                     Some(r) if bytesused as usize > r.size() => {
                         Some(format!("{queue} buffer {index}: bytesused {bytesused} exceeds the {}-byte region", r.size()))
                     }
-                    Some(_) if self.queue_mut(queue).buffers.len() >= MAX_QUEUED => {
+                    Some(_) if queued >= MAX_QUEUED => {
                         Some(format!("{queue} already holds {MAX_QUEUED} buffers"))
                     }
                     Some(_) => None,
