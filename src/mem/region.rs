@@ -844,6 +844,53 @@ mod tests {
     }
 
     #[test]
+    fn regions_and_guards_are_thread_safe_types() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Region>();
+        send_sync::<Checker>();
+        send_sync::<crate::mem::Pool>();
+    }
+
+    /// The intended use: a host thread and a "firmware" thread hand frames
+    /// back and forth with syncs and an eventfd as interrupt line; the cache
+    /// model is on and nothing is stale or reported.
+    #[test]
+    fn host_and_firmware_threads_hand_over_correctly() {
+        use crate::sys::EventFd;
+        use std::time::Duration;
+        let chk = checker(true);
+        let frame = region("frame", 300, Coherency::Cacheable, &chk);
+        let (to_fw, irq) = (
+            Arc::new(EventFd::new().unwrap()),
+            Arc::new(EventFd::new().unwrap()),
+        );
+        let fw = {
+            let (frame, to_fw, irq) = (Arc::clone(&frame), Arc::clone(&to_fw), Arc::clone(&irq));
+            std::thread::spawn(move || {
+                for round in 0..20u8 {
+                    assert!(to_fw.wait(Some(Duration::from_secs(10))).unwrap());
+                    let input = frame.device_read()[0];
+                    assert_eq!(input, round, "device sees the CPU's flushed data");
+                    frame.device_write().fill(round.wrapping_mul(3));
+                    irq.signal().unwrap();
+                }
+            })
+        };
+        for round in 0..20u8 {
+            frame.cpu_write().fill(round);
+            frame.sync_for_device().unwrap();
+            to_fw.signal().unwrap();
+            assert!(irq.wait(Some(Duration::from_secs(10))).unwrap());
+            frame.sync_for_cpu().unwrap();
+            assert!(frame.cpu_read().iter().all(|&b| b == round.wrapping_mul(3)));
+        }
+        fw.join().unwrap();
+        assert_eq!(chk.violation_count(), 0, "{:?}", chk.violations());
+        assert_eq!(chk.stats().syncs_for_device, 20);
+        assert_eq!(chk.stats().syncs_for_cpu, 20);
+    }
+
+    #[test]
     fn zero_size_allocation_fails() {
         let chk = checker(false);
         let e =
