@@ -31,8 +31,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let checker = Checker::new(CheckerConfig::default());
     let backend = DmaBackend::probe();
-    let vpu = EmuVpu::new(EmuConfig { checker: checker.clone(), backend, ..EmuConfig::default() })?;
-    let raw = Format::raw(PixelFormat::I420, width, height).ok_or("no I420 layout for that size")?;
+    let vpu = EmuVpu::new(EmuConfig {
+        checker: checker.clone(),
+        backend,
+        ..EmuConfig::default()
+    })?;
+    let raw =
+        Format::raw(PixelFormat::I420, width, height).ok_or("no I420 layout for that size")?;
     println!("emulated VPU, {backend} memory, {width}x{height} I420, {count} frames");
 
     let mut input = vec![0u8; raw.size];
@@ -109,6 +114,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>() / a.len() as f64;
-    if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0 * 255.0 / mse).log10() }
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0 * 255.0 / mse).log10()
+    }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use gstrsvpu::m2m::blocking::{BlockingDecoder, BlockingEncoder};
 use gstrsvpu::m2m::{
-    Buffer, BufferFlags, Control, Device, Event, Format, M2mError, Memory, PixelFormat, QueueKind, Role, Session,
+    Buffer, BufferFlags, Control, Device, Event, Format, M2mError, Memory, PixelFormat, QueueKind,
+    Role, Session,
 };
 use gstrsvpu::mem::{Checker, CheckerConfig, Coherency};
 use gstrsvpu::sys::DmaBackend;
@@ -15,8 +16,17 @@ use gstrsvpu::vpu::codec::fwht::{self, EncoderParams, FwhtDecoder, FwhtEncoder};
 use gstrsvpu::vpu::{EmuConfig, EmuVpu};
 
 fn vpu_with(watchdog: Duration, simulate_cache: bool) -> EmuVpu {
-    let checker = Checker::new(CheckerConfig { simulate_cache, ..CheckerConfig::default() });
-    EmuVpu::new(EmuConfig { checker, backend: DmaBackend::Memfd, watchdog, ring_slots: 64 }).unwrap()
+    let checker = Checker::new(CheckerConfig {
+        simulate_cache,
+        ..CheckerConfig::default()
+    });
+    EmuVpu::new(EmuConfig {
+        checker,
+        backend: DmaBackend::Memfd,
+        watchdog,
+        ring_slots: 64,
+    })
+    .unwrap()
 }
 
 fn vpu() -> EmuVpu {
@@ -44,7 +54,11 @@ fn encode(vpu: &EmuVpu, raw: &Format, input: &[Vec<u8>], controls: &[Control]) -
     let mut enc = BlockingEncoder::new(session, raw, controls, 3).unwrap();
     let mut out = Vec::new();
     let mut take = |b: &Buffer| {
-        assert!(!b.flags.contains(BufferFlags::ERROR), "encode error: {:?}", b.error);
+        assert!(
+            !b.flags.contains(BufferFlags::ERROR),
+            "encode error: {:?}",
+            b.error
+        );
         out.push(Coded {
             data: b.region.cpu_read()[..b.bytesused].to_vec(),
             timestamp: b.timestamp,
@@ -114,30 +128,57 @@ fn bare_decode(stream: &[Coded], raw: &Format) -> Vec<Vec<u8>> {
 }
 
 fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a.iter().zip(b).map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2)).sum::<f64>() / a.len() as f64;
-    if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0 * 255.0 / mse).log10() }
+    let mse = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum::<f64>()
+        / a.len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0 * 255.0 / mse).log10()
+    }
 }
 
 #[test]
 fn encode_decode_round_trip_matches_the_bare_codec() {
     let vpu = vpu();
-    for (pixfmt, w, h) in [(PixelFormat::I420, 320, 240), (PixelFormat::Rgb24, 322, 242), (PixelFormat::Nv12, 176, 144)] {
+    for (pixfmt, w, h) in [
+        (PixelFormat::I420, 320, 240),
+        (PixelFormat::Rgb24, 322, 242),
+        (PixelFormat::Nv12, 176, 144),
+    ] {
         let raw = Format::raw(pixfmt, w, h).unwrap();
         let input = frames(&raw, 12);
         let coded = encode(&vpu, &raw, &input, &[Control::GopSize(5)]);
         assert_eq!(coded.len(), 12, "{pixfmt}: every frame encoded");
-        assert!(coded[0].keyframe && !coded[1].keyframe, "{pixfmt}: I then P frames");
+        assert!(
+            coded[0].keyframe && !coded[1].keyframe,
+            "{pixfmt}: I then P frames"
+        );
         for (i, c) in coded.iter().enumerate() {
-            assert_eq!(c.timestamp, i as u64 * 1000, "{pixfmt}: encoder keeps timestamps");
+            assert_eq!(
+                c.timestamp,
+                i as u64 * 1000,
+                "{pixfmt}: encoder keeps timestamps"
+            );
         }
 
         // Same bytes as the bare codec with the same settings.
-        let params = EncoderParams { gop_size: 5, ..EncoderParams::default() };
+        let params = EncoderParams {
+            gop_size: 5,
+            ..EncoderParams::default()
+        };
         let mut bare = FwhtEncoder::new(&raw, params).unwrap();
         for (f, c) in input.iter().zip(&coded) {
             let mut dst = vec![0; FwhtEncoder::max_frame_size(&raw)];
             let e = bare.encode(f, &mut dst).unwrap();
-            assert_eq!(&dst[..e.bytes], &c.data[..], "{pixfmt}: VPU path and bare encoder agree");
+            assert_eq!(
+                &dst[..e.bytes],
+                &c.data[..],
+                "{pixfmt}: VPU path and bare encoder agree"
+            );
         }
 
         let chunks: Vec<(u64, &[u8])> = coded.iter().map(|c| (c.timestamp, &c.data[..])).collect();
@@ -147,15 +188,27 @@ fn encode_decode_round_trip_matches_the_bare_codec() {
         let cap = Format::raw(decoded[0].format.pixelformat, w, h).unwrap();
         for (i, d) in decoded.iter().enumerate() {
             assert!(d.error.is_none(), "{pixfmt}: frame {i}: {:?}", d.error);
-            assert_eq!(d.timestamp, i as u64 * 1000, "{pixfmt}: decoder keeps timestamps");
+            assert_eq!(
+                d.timestamp,
+                i as u64 * 1000,
+                "{pixfmt}: decoder keeps timestamps"
+            );
             if cap.pixelformat == pixfmt {
-                assert_eq!(d.data, reference[i], "{pixfmt}: frame {i} equals the bare decoder's");
+                assert_eq!(
+                    d.data, reference[i],
+                    "{pixfmt}: frame {i} equals the bare decoder's"
+                );
                 let p = psnr(&d.data, &input[i]);
                 assert!(p > 28.0, "{pixfmt}: frame {i} PSNR {p:.1} dB");
             }
         }
     }
-    assert_eq!(vpu.checker().violation_count(), 0, "{:?}", vpu.checker().violations());
+    assert_eq!(
+        vpu.checker().violation_count(),
+        0,
+        "{:?}",
+        vpu.checker().violations()
+    );
 }
 
 #[test]
@@ -167,7 +220,11 @@ fn unframed_chunks_decode_to_the_same_frames() {
     // Garbage before the first header is skipped, like the kernel's decoder does.
     let mut with_garbage = vec![0x55u8; 37];
     with_garbage.extend_from_slice(&stream);
-    let chunks: Vec<(u64, &[u8])> = with_garbage.chunks(777).enumerate().map(|(i, c)| (i as u64, c)).collect();
+    let chunks: Vec<(u64, &[u8])> = with_garbage
+        .chunks(777)
+        .enumerate()
+        .map(|(i, c)| (i as u64, c))
+        .collect();
     let decoded = decode(&vpu, &chunks);
     let reference = bare_decode(&coded, &raw);
     assert_eq!(decoded.len(), 8);
@@ -184,7 +241,11 @@ fn resolution_change_mid_stream_raises_source_change() {
     let big = Format::raw(PixelFormat::I420, 328, 248).unwrap();
     let mut coded = encode(&vpu, &small, &frames(&small, 3), &[]);
     coded.extend(encode(&vpu, &big, &frames(&big, 4), &[]));
-    let chunks: Vec<(u64, &[u8])> = coded.iter().enumerate().map(|(i, c)| (i as u64, &c.data[..])).collect();
+    let chunks: Vec<(u64, &[u8])> = coded
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i as u64, &c.data[..]))
+        .collect();
 
     // Drive the session by hand to see the events in order.
     let session = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
@@ -208,8 +269,14 @@ fn resolution_change_mid_stream_raises_source_change() {
 /// Sets up a decoder session by hand (no blocking helper) up to streaming.
 fn manual_decoder(vpu: &EmuVpu, first: &[u8]) -> (Box<dyn Session>, Vec<Buffer>) {
     let s = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
-    s.set_format(QueueKind::Output, &Format::coded(PixelFormat::Fwht, 320, 240)).unwrap();
-    let mut outs = s.allocate_buffers(QueueKind::Output, 8, Memory::Allocate(Coherency::Coherent)).unwrap();
+    s.set_format(
+        QueueKind::Output,
+        &Format::coded(PixelFormat::Fwht, 320, 240),
+    )
+    .unwrap();
+    let mut outs = s
+        .allocate_buffers(QueueKind::Output, 8, Memory::Allocate(Coherency::Coherent))
+        .unwrap();
     s.stream_on(QueueKind::Output).unwrap();
     let mut b = outs.remove(0);
     b.region.cpu_write()[..first.len()].copy_from_slice(first);
@@ -223,9 +290,15 @@ fn manual_decoder(vpu: &EmuVpu, first: &[u8]) -> (Box<dyn Session>, Vec<Buffer>)
         }
     };
     assert_eq!((sc.format.width, sc.format.height), (320, 240));
-    assert_eq!(sc.formats.first(), Some(&PixelFormat::I420), "4:2:0 decodes to YU12 first, as vicodec");
+    assert_eq!(
+        sc.formats.first(),
+        Some(&PixelFormat::I420),
+        "4:2:0 decodes to YU12 first, as vicodec"
+    );
     s.set_format(QueueKind::Capture, &sc.format).unwrap();
-    let caps = s.allocate_buffers(QueueKind::Capture, 6, Memory::Allocate(Coherency::Coherent)).unwrap();
+    let caps = s
+        .allocate_buffers(QueueKind::Capture, 6, Memory::Allocate(Coherency::Coherent))
+        .unwrap();
     s.stream_on(QueueKind::Capture).unwrap();
     for c in caps {
         s.queue(c).unwrap();
@@ -249,7 +322,11 @@ fn drain_returns_every_frame_then_last() {
     s.drain().unwrap();
     let mut got = Vec::new();
     loop {
-        match s.wait_event(Duration::from_secs(5)).unwrap().expect("drain must finish") {
+        match s
+            .wait_event(Duration::from_secs(5))
+            .unwrap()
+            .expect("drain must finish")
+        {
             Event::BufferDone(b) if b.queue == QueueKind::Capture => {
                 if b.flags.contains(BufferFlags::LAST) {
                     assert_eq!(b.bytesused, 0);
@@ -312,9 +389,19 @@ fn flush_discards_and_restarts_at_a_keyframe() {
     }
     dec.finish(&mut take).unwrap();
     let after: Vec<_> = got.iter().filter(|(ts, _)| *ts >= 5).collect();
-    assert_eq!(after.len(), 5, "every frame after the seek decodes: {got:?}");
-    assert!(after.iter().all(|(_, err)| !err), "no error after a flush to a key frame: {got:?}");
-    assert!(got.iter().all(|(ts, _)| *ts < 3 || *ts >= 5), "nothing of the flushed input comes out");
+    assert_eq!(
+        after.len(),
+        5,
+        "every frame after the seek decodes: {got:?}"
+    );
+    assert!(
+        after.iter().all(|(_, err)| !err),
+        "no error after a flush to a key frame: {got:?}"
+    );
+    assert!(
+        got.iter().all(|(ts, _)| *ts < 3 || *ts >= 5),
+        "nothing of the flushed input comes out"
+    );
 }
 
 #[test]
@@ -330,15 +417,37 @@ fn corrupt_and_truncated_frames_are_buffer_errors_and_decoding_continues() {
     }
     let cut = coded[7].data.len() / 2;
     coded[7].data.truncate(cut);
-    let chunks: Vec<(u64, &[u8])> = coded.iter().enumerate().map(|(i, c)| (i as u64, &c.data[..])).collect();
+    let chunks: Vec<(u64, &[u8])> = coded
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (i as u64, &c.data[..]))
+        .collect();
     let decoded = decode(&vpu, &chunks);
-    let errors: Vec<(u64, &str)> =
-        decoded.iter().filter_map(|d| d.error.as_deref().map(|e| (d.timestamp, e))).collect();
-    let good: Vec<u64> = decoded.iter().filter(|d| d.error.is_none()).map(|d| d.timestamp).collect();
-    assert!(errors.iter().any(|(ts, _)| *ts == 1), "corrupt frame flagged: {errors:?}");
-    assert!(errors.iter().any(|(ts, e)| *ts == 7 && e.contains("truncated")), "truncated frame flagged: {errors:?}");
+    let errors: Vec<(u64, &str)> = decoded
+        .iter()
+        .filter_map(|d| d.error.as_deref().map(|e| (d.timestamp, e)))
+        .collect();
+    let good: Vec<u64> = decoded
+        .iter()
+        .filter(|d| d.error.is_none())
+        .map(|d| d.timestamp)
+        .collect();
+    assert!(
+        errors.iter().any(|(ts, _)| *ts == 1),
+        "corrupt frame flagged: {errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|(ts, e)| *ts == 7 && e.contains("truncated")),
+        "truncated frame flagged: {errors:?}"
+    );
     assert!(good.contains(&0));
-    assert_eq!(&good[good.len() - 3..], &[4, 5, 6], "decoding resumes at the next key frame: {good:?}");
+    assert_eq!(
+        &good[good.len() - 3..],
+        &[4, 5, 6],
+        "decoding resumes at the next key frame: {good:?}"
+    );
     for (_, e) in &errors {
         assert!(!e.is_empty(), "every error says what was wrong");
     }
@@ -351,8 +460,12 @@ fn firmware_hang_becomes_a_timeout_within_the_watchdog_bound() {
     let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
     let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
     s.set_format(QueueKind::Output, &raw).unwrap();
-    let mut outs = s.allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
-    let caps = s.allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
+    let mut outs = s
+        .allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent))
+        .unwrap();
+    let caps = s
+        .allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent))
+        .unwrap();
     s.stream_on(QueueKind::Output).unwrap();
     s.stream_on(QueueKind::Capture).unwrap();
     vpu.faults().set_hang(true);
@@ -385,8 +498,12 @@ fn dropped_and_corrupt_responses_are_errors_not_hangs() {
         let vpu = vpu_with(watchdog, false);
         let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
         s.set_format(QueueKind::Output, &raw).unwrap();
-        let mut outs = s.allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
-        let caps = s.allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
+        let mut outs = s
+            .allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent))
+            .unwrap();
+        let caps = s
+            .allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent))
+            .unwrap();
         s.stream_on(QueueKind::Output).unwrap();
         s.stream_on(QueueKind::Capture).unwrap();
         if corrupt {
@@ -426,7 +543,8 @@ fn several_sessions_run_side_by_side() {
                 let raw = Format::raw(PixelFormat::I420, 96 + 8 * i, 64 + 8 * i).unwrap();
                 let input = frames(&raw, 6);
                 let coded = encode(&vpu, &raw, &input, &[]);
-                let chunks: Vec<(u64, &[u8])> = coded.iter().map(|c| (c.timestamp, &c.data[..])).collect();
+                let chunks: Vec<(u64, &[u8])> =
+                    coded.iter().map(|c| (c.timestamp, &c.data[..])).collect();
                 let decoded = decode(&vpu, &chunks);
                 assert_eq!(decoded.len(), 6);
                 assert_eq!(decoded[5].data, bare_decode(&coded, &raw)[5]);
@@ -436,7 +554,11 @@ fn several_sessions_run_side_by_side() {
     for t in threads {
         t.join().unwrap();
     }
-    assert_eq!(vpu.mapped_regions(), 0, "every session unmapped its memory on close");
+    assert_eq!(
+        vpu.mapped_regions(),
+        0,
+        "every session unmapped its memory on close"
+    );
 }
 
 #[test]
@@ -448,8 +570,12 @@ fn a_missing_cache_clean_is_caught_and_corrupts_like_real_hardware() {
     let input = frames(&raw, 1).remove(0);
     let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
     s.set_format(QueueKind::Output, &raw).unwrap();
-    let mut outs = s.allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Cacheable)).unwrap();
-    let caps = s.allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
+    let mut outs = s
+        .allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Cacheable))
+        .unwrap();
+    let caps = s
+        .allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent))
+        .unwrap();
     s.stream_on(QueueKind::Output).unwrap();
     s.stream_on(QueueKind::Capture).unwrap();
     for c in caps {
@@ -468,9 +594,15 @@ fn a_missing_cache_clean_is_caught_and_corrupts_like_real_hardware() {
         }
     };
     let violations = vpu.checker().take_violations();
-    assert!(!violations.is_empty(), "the checker reports the missing clean");
+    assert!(
+        !violations.is_empty(),
+        "the checker reports the missing clean"
+    );
     let text = violations[0].to_string();
-    assert!(text.contains("vpu") && text.contains("output"), "names the buffer: {text}");
+    assert!(
+        text.contains("vpu") && text.contains("output"),
+        "names the buffer: {text}"
+    );
     // The device saw zeros (stale DRAM), not the picture.
     let mut dec = FwhtDecoder::new();
     let mut out = vec![0; raw.size];
@@ -481,12 +613,19 @@ fn a_missing_cache_clean_is_caught_and_corrupts_like_real_hardware() {
 #[test]
 fn bad_requests_get_clear_errors() {
     let vpu = vpu();
-    let err = vpu.open(Role::Decoder, PixelFormat::H264).err().expect("no H.264 on the emulated VPU yet");
+    let err = vpu
+        .open(Role::Decoder, PixelFormat::H264)
+        .err()
+        .expect("no H.264 on the emulated VPU yet");
     assert!(err.to_string().contains("H264"), "{err}");
     let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
-    let err = s.set_format(QueueKind::Output, &Format::coded(PixelFormat::Fwht, 64, 64)).unwrap_err();
+    let err = s
+        .set_format(QueueKind::Output, &Format::coded(PixelFormat::Fwht, 64, 64))
+        .unwrap_err();
     assert!(err.to_string().contains("raw"), "{err}");
-    let err = s.allocate_buffers(QueueKind::Output, 2, Memory::Allocate(Coherency::Coherent)).unwrap_err();
+    let err = s
+        .allocate_buffers(QueueKind::Output, 2, Memory::Allocate(Coherency::Coherent))
+        .unwrap_err();
     assert!(err.to_string().contains("format"), "{err}");
     let err = s.set_control(Control::Bitrate(1000)).unwrap_err();
     assert!(err.to_string().contains("bitrate"), "{err}");
@@ -494,7 +633,9 @@ fn bad_requests_get_clear_errors() {
     s.set_format(QueueKind::Output, &raw).unwrap();
     let err = s.set_control(Control::IFrameQp(1000)).unwrap_err();
     assert!(matches!(err, M2mError::InvalidControl { .. }), "{err}");
-    let outs = s.allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent)).unwrap();
+    let outs = s
+        .allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent))
+        .unwrap();
     let mut wrong = outs.into_iter().next().unwrap();
     wrong.index = 9;
     let e = s.queue(wrong).unwrap_err();

@@ -12,7 +12,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::{Buffer, BufferFlags, Control, Event, Format, M2mError, Memory, QueueKind, Session, SourceChange};
+use super::{
+    Buffer, BufferFlags, Control, Event, Format, M2mError, Memory, QueueKind, Session, SourceChange,
+};
 use crate::mem::{Coherency, Owner};
 
 /// How long one call waits for the device before giving up.
@@ -33,7 +35,10 @@ struct Queues {
 }
 
 impl Queues {
-    fn take_output(&mut self, on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>) -> Result<Buffer, M2mError> {
+    fn take_output(
+        &mut self,
+        on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>,
+    ) -> Result<Buffer, M2mError> {
         loop {
             if let Some(b) = self.free_output.pop_front() {
                 return Ok(b);
@@ -45,8 +50,14 @@ impl Queues {
     }
 
     /// Handles one event; false if none came within `timeout`.
-    fn pump(&mut self, timeout: Duration, on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>) -> Result<bool, M2mError> {
-        let Some(event) = self.session.wait_event(timeout)? else { return Ok(false) };
+    fn pump(
+        &mut self,
+        timeout: Duration,
+        on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>,
+    ) -> Result<bool, M2mError> {
+        let Some(event) = self.session.wait_event(timeout)? else {
+            return Ok(false);
+        };
         match event {
             Event::BufferDone(b) if b.queue == QueueKind::Output => self.free_output.push_back(b),
             Event::BufferDone(b) => {
@@ -80,7 +91,11 @@ impl Queues {
 
     fn requeue(&self, mut b: Buffer) -> Result<(), M2mError> {
         b.bytesused = 0;
-        b.flags = if b.region.owner() == Owner::Device { BufferFlags::NO_CACHE_CLEAN } else { BufferFlags::NONE };
+        b.flags = if b.region.owner() == Owner::Device {
+            BufferFlags::NO_CACHE_CLEAN
+        } else {
+            BufferFlags::NONE
+        };
         self.session.queue(b).map_err(|e| e.error)
     }
 
@@ -96,7 +111,11 @@ impl Queues {
         }
         let format = self.session.set_format(QueueKind::Capture, &sc.format)?;
         let count = sc.min_capture_buffers + self.extra_capture;
-        let buffers = self.session.allocate_buffers(QueueKind::Capture, count, Memory::Allocate(self.coherency))?;
+        let buffers = self.session.allocate_buffers(
+            QueueKind::Capture,
+            count,
+            Memory::Allocate(self.coherency),
+        )?;
         self.session.stream_on(QueueKind::Capture)?;
         for b in buffers {
             self.session.queue(b).map_err(|e| e.error)?;
@@ -105,7 +124,10 @@ impl Queues {
         Ok(())
     }
 
-    fn finish(&mut self, on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>) -> Result<(), M2mError> {
+    fn finish(
+        &mut self,
+        on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>,
+    ) -> Result<(), M2mError> {
         self.session.drain()?;
         self.draining = true;
         // Without a CAPTURE queue nothing was ever decoded: nothing to wait for.
@@ -128,13 +150,32 @@ impl BlockingDecoder {
     /// Sets up a decoder session: OUTPUT gets `output_buffers` coherent
     /// bitstream buffers; CAPTURE is set up at the first source change with
     /// the device's minimum plus `extra_capture` buffers of `coherency`.
-    pub fn new(session: Box<dyn Session>, coherency: Coherency, output_buffers: u32, extra_capture: u32) -> Result<BlockingDecoder, M2mError> {
+    pub fn new(
+        session: Box<dyn Session>,
+        coherency: Coherency,
+        output_buffers: u32,
+        extra_capture: u32,
+    ) -> Result<BlockingDecoder, M2mError> {
         let codec = session.codec();
         session.set_format(QueueKind::Output, &Format::coded(codec, 0, 0))?;
-        let free_output = session.allocate_buffers(QueueKind::Output, output_buffers.max(1), Memory::Allocate(Coherency::Coherent))?.into();
+        let free_output = session
+            .allocate_buffers(
+                QueueKind::Output,
+                output_buffers.max(1),
+                Memory::Allocate(Coherency::Coherent),
+            )?
+            .into();
         session.stream_on(QueueKind::Output)?;
         Ok(BlockingDecoder {
-            q: Queues { session, free_output, capture_format: None, coherency, extra_capture, reconfigure: None, draining: false },
+            q: Queues {
+                session,
+                free_output,
+                capture_format: None,
+                coherency,
+                extra_capture,
+                reconfigure: None,
+                draining: false,
+            },
         })
     }
 
@@ -149,7 +190,12 @@ impl BlockingDecoder {
 
     /// Queues `data` (any split of the stream) with `timestamp`; decoded
     /// frames that are ready meanwhile go to `on_frame`.
-    pub fn decode(&mut self, mut data: &[u8], timestamp: u64, on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>) -> Result<(), M2mError> {
+    pub fn decode(
+        &mut self,
+        mut data: &[u8],
+        timestamp: u64,
+        on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>,
+    ) -> Result<(), M2mError> {
         while !data.is_empty() {
             let mut b = self.q.take_output(on_frame)?;
             let n = data.len().min(b.region.size());
@@ -166,7 +212,10 @@ impl BlockingDecoder {
 
     /// Drains: every frame still inside comes out, then the session is
     /// ready for more input.
-    pub fn finish(&mut self, on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>) -> Result<(), M2mError> {
+    pub fn finish(
+        &mut self,
+        on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>,
+    ) -> Result<(), M2mError> {
         self.q.finish(on_frame)
     }
 
@@ -197,14 +246,29 @@ impl BlockingEncoder {
     /// Sets up an encoder session for frames of `raw` (see `Format::raw`).
     /// OUTPUT frames are cacheable (the CPU writes them, cleaned at queue
     /// time); coded CAPTURE buffers are coherent.
-    pub fn new(session: Box<dyn Session>, raw: &Format, controls: &[Control], buffers: u32) -> Result<BlockingEncoder, M2mError> {
+    pub fn new(
+        session: Box<dyn Session>,
+        raw: &Format,
+        controls: &[Control],
+        buffers: u32,
+    ) -> Result<BlockingEncoder, M2mError> {
         let raw = session.set_format(QueueKind::Output, raw)?;
         for &c in controls {
             session.set_control(c)?;
         }
-        let free_output = session.allocate_buffers(QueueKind::Output, buffers.max(1), Memory::Allocate(Coherency::Cacheable))?.into();
+        let free_output = session
+            .allocate_buffers(
+                QueueKind::Output,
+                buffers.max(1),
+                Memory::Allocate(Coherency::Cacheable),
+            )?
+            .into();
         let coded = session.format(QueueKind::Capture)?;
-        let captures = session.allocate_buffers(QueueKind::Capture, buffers.max(1), Memory::Allocate(Coherency::Coherent))?;
+        let captures = session.allocate_buffers(
+            QueueKind::Capture,
+            buffers.max(1),
+            Memory::Allocate(Coherency::Coherent),
+        )?;
         session.stream_on(QueueKind::Output)?;
         session.stream_on(QueueKind::Capture)?;
         for b in captures {
@@ -235,11 +299,21 @@ impl BlockingEncoder {
 
     /// Queues one raw frame laid out per [`Self::format`]; coded frames that
     /// are ready meanwhile go to `on_frame`. `keyframe` forces a key frame.
-    pub fn encode(&mut self, frame: &[u8], timestamp: u64, keyframe: bool, on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>) -> Result<(), M2mError> {
+    pub fn encode(
+        &mut self,
+        frame: &[u8],
+        timestamp: u64,
+        keyframe: bool,
+        on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>,
+    ) -> Result<(), M2mError> {
         if frame.len() < self.raw.size {
             return Err(M2mError::InvalidFormat {
                 queue: QueueKind::Output,
-                reason: format!("frame of {} bytes, the format needs {}", frame.len(), self.raw.size),
+                reason: format!(
+                    "frame of {} bytes, the format needs {}",
+                    frame.len(),
+                    self.raw.size
+                ),
             });
         }
         let mut b = self.q.take_output(on_frame)?;
@@ -249,14 +323,21 @@ impl BlockingEncoder {
         b.region.cpu_write()[..self.raw.size].copy_from_slice(&frame[..self.raw.size]);
         b.bytesused = self.raw.size;
         b.timestamp = timestamp;
-        b.flags = if keyframe { BufferFlags::KEYFRAME } else { BufferFlags::NONE };
+        b.flags = if keyframe {
+            BufferFlags::KEYFRAME
+        } else {
+            BufferFlags::NONE
+        };
         self.q.session.queue(b).map_err(|e| e.error)?;
         while self.q.pump(Duration::ZERO, on_frame)? {}
         Ok(())
     }
 
     /// Drains: every coded frame still inside comes out.
-    pub fn finish(&mut self, on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>) -> Result<(), M2mError> {
+    pub fn finish(
+        &mut self,
+        on_frame: &mut dyn FnMut(&Buffer) -> Result<(), M2mError>,
+    ) -> Result<(), M2mError> {
         self.q.finish(on_frame)
     }
 }

@@ -266,7 +266,10 @@ pub trait Session: Send + Sync {
     /// `VIDIOC_STREAMOFF`: the queue stops and every buffer it held comes back
     /// (flagged [`BufferFlags::RETURNED`]) in the returned list.
     fn stream_off(&self, queue: QueueKind) -> Result<Vec<Buffer>, M2mError>;
-    /// `VIDIOC_QBUF`.
+    /// `VIDIOC_QBUF`. On failure the buffer comes back inside the error (it
+    /// moves by value, as in v4l2r); that path is cold, so the large error
+    /// type costs nothing where it matters.
+    #[allow(clippy::result_large_err)]
     fn queue(&self, buffer: Buffer) -> Result<(), QueueError>;
     /// Waits up to `timeout` for the next event. `Ok(None)`: nothing happened
     /// and nothing is overdue. A device that holds work and stays silent past

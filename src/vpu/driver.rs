@@ -22,13 +22,13 @@ use std::time::{Duration, Instant};
 use super::firmware::{Faults, Firmware, FirmwareParts};
 use super::iommu::Iommu;
 use super::protocol::{
-    self, Command, FW_STATE_OFFSET, FW_STATE_RUNNING, HEARTBEAT_OFFSET, Message, Response, SharedHeader, Status,
-    ctrl,
+    self, Command, FW_STATE_OFFSET, FW_STATE_RUNNING, HEARTBEAT_OFFSET, Message, Response,
+    SharedHeader, Status, ctrl,
 };
 use super::ring::{Consumer, Producer, RingError};
 use crate::m2m::{
-    Buffer, BufferFlags, Colorimetry, Control, Device, DeviceInfo, DeviceKind, Event, Format, M2mError, Memory,
-    PixelFormat, QueueError, QueueKind, Role, Session, SourceChange,
+    Buffer, BufferFlags, Colorimetry, Control, Device, DeviceInfo, DeviceKind, Event, Format,
+    M2mError, Memory, PixelFormat, QueueError, QueueKind, Role, Session, SourceChange,
 };
 use crate::mem::{Checker, CheckerConfig, Coherency, Owner, Region};
 use crate::sys::{DmaBackend, EventFd};
@@ -135,7 +135,11 @@ struct Core {
 
 impl Core {
     fn counter(&self, offset: usize) -> u32 {
-        self.control.shared().ok().and_then(|m| m.atomic_u32(offset)).map_or(0, |a| a.load(Ordering::Acquire))
+        self.control
+            .shared()
+            .ok()
+            .and_then(|m| m.atomic_u32(offset))
+            .map_or(0, |a| a.load(Ordering::Acquire))
     }
 
     fn fail_all(&self, fault: Fault) {
@@ -147,7 +151,11 @@ impl Core {
     /// Puts a command on the ring and rings the doorbell. Waits (bounded) for
     /// room when the ring is full.
     fn send(&self, session: u32, cmd: &Command) -> Result<u32, M2mError> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1);
+        let seq = self
+            .next_seq
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            .max(1);
         let msg = cmd.encode(session, seq);
         let deadline = Instant::now() + self.config.watchdog;
         loop {
@@ -168,7 +176,11 @@ impl Core {
     /// Routes one response to its session's mailbox.
     fn dispatch(&self, msg: &Message) {
         let Some(mailbox) = lock(&self.sessions).get(&msg.session).cloned() else {
-            log::warn!("VPU response for unknown session {} (opcode {:#x}) dropped", msg.session, msg.opcode);
+            log::warn!(
+                "VPU response for unknown session {} (opcode {:#x}) dropped",
+                msg.session,
+                msg.opcode
+            );
             return;
         };
         match Response::decode(msg) {
@@ -183,7 +195,9 @@ impl Core {
                 inbox.responses.push_back(other);
                 inbox.last_progress = Instant::now();
             }
-            Err(e) => mailbox.fail(Fault::Firmware(format!("corrupt response from the VPU: {e}"))),
+            Err(e) => mailbox.fail(Fault::Firmware(format!(
+                "corrupt response from the VPU: {e}"
+            ))),
         }
         mailbox.cond.notify_all();
     }
@@ -210,7 +224,10 @@ impl Core {
                 hung = false;
             } else if !hung && heartbeat.1.elapsed() > self.config.watchdog {
                 hung = true;
-                log::error!("VPU firmware heartbeat stopped for {:?}", self.config.watchdog);
+                log::error!(
+                    "VPU firmware heartbeat stopped for {:?}",
+                    self.config.watchdog
+                );
                 self.fail_all(Fault::Timeout(self.config.watchdog));
             }
         }
@@ -245,7 +262,9 @@ pub struct EmuVpu {
 
 impl std::fmt::Debug for EmuVpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmuVpu").field("sessions", &lock(&self.inner.core.sessions).len()).finish()
+        f.debug_struct("EmuVpu")
+            .field("sessions", &lock(&self.inner.core.sessions).len())
+            .finish()
     }
 }
 
@@ -254,8 +273,15 @@ impl EmuVpu {
     pub fn new(config: EmuConfig) -> Result<EmuVpu, M2mError> {
         let slots = config.ring_slots.max(2);
         let size = protocol::control_region_size(slots, slots);
-        let control = Region::allocate("vpu-control", size, Coherency::Coherent, config.backend, &config.checker)?;
-        let ring = std::mem::size_of::<protocol::RingHeader>() + slots as usize * protocol::SLOT_SIZE;
+        let control = Region::allocate(
+            "vpu-control",
+            size,
+            Coherency::Coherent,
+            config.backend,
+            &config.checker,
+        )?;
+        let ring =
+            std::mem::size_of::<protocol::RingHeader>() + slots as usize * protocol::SLOT_SIZE;
         let header = SharedHeader {
             magic: protocol::ABI_MAGIC,
             version: protocol::ABI_VERSION,
@@ -267,7 +293,10 @@ impl EmuVpu {
             heartbeat: 0,
             reserved: [0; 8],
         };
-        control.shared()?.write_at(0, bytemuck::bytes_of(&header)).map_err(crate::mem::MemError::from)?;
+        control
+            .shared()?
+            .write_at(0, bytemuck::bytes_of(&header))
+            .map_err(crate::mem::MemError::from)?;
         let commands = Producer::new(control.clone(), 64, slots).map_err(ring_error)?;
         let responses = Consumer::new(control.clone(), 64 + ring, slots).map_err(ring_error)?;
         let doorbell = Arc::new(EventFd::new()?);
@@ -307,10 +336,17 @@ impl EmuVpu {
         let stop_irq = Arc::new(AtomicBool::new(false));
         let thread = {
             let (core, stop) = (core.clone(), stop_irq.clone());
-            std::thread::Builder::new().name("vpu-irq".into()).spawn(move || core.irq_loop(responses, &stop))?
+            std::thread::Builder::new()
+                .name("vpu-irq".into())
+                .spawn(move || core.irq_loop(responses, &stop))?
         };
         Ok(EmuVpu {
-            inner: Arc::new(Inner { core, stop_irq, irq_thread: Mutex::new(Some(thread)), _firmware: firmware }),
+            inner: Arc::new(Inner {
+                core,
+                stop_irq,
+                irq_thread: Mutex::new(Some(thread)),
+                _firmware: firmware,
+            }),
         })
     }
 
@@ -335,7 +371,11 @@ impl EmuVpu {
             return Err(M2mError::Unsupported { role, codec });
         }
         let core = &self.inner.core;
-        let id = core.next_session.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1);
+        let id = core
+            .next_session
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            .max(1);
         let mailbox = Arc::new(Mailbox::new());
         lock(&core.sessions).insert(id, mailbox.clone());
         let session = EmuSession {
@@ -346,7 +386,13 @@ impl EmuVpu {
             mailbox,
             state: Mutex::new(HostState::new(role)),
         };
-        session.command(Command::Open { role, codec: codec.fourcc() }, |_, text| M2mError::Firmware(text))?;
+        session.command(
+            Command::Open {
+                role,
+                codec: codec.fourcc(),
+            },
+            |_, text| M2mError::Firmware(text),
+        )?;
         Ok(session)
     }
 }
@@ -363,7 +409,10 @@ impl Device for EmuVpu {
         DeviceInfo {
             name: "rsvpu emulated VPU".into(),
             kind: DeviceKind::Emulated,
-            codecs: vec![(Role::Decoder, PixelFormat::Fwht), (Role::Encoder, PixelFormat::Fwht)],
+            codecs: vec![
+                (Role::Decoder, PixelFormat::Fwht),
+                (Role::Encoder, PixelFormat::Fwht),
+            ],
         }
     }
 
@@ -463,7 +512,10 @@ pub struct EmuSession {
 
 impl std::fmt::Debug for EmuSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmuSession").field("id", &self.id).field("role", &self.role).finish()
+        f.debug_struct("EmuSession")
+            .field("id", &self.id)
+            .field("role", &self.role)
+            .finish()
     }
 }
 
@@ -481,7 +533,11 @@ impl EmuSession {
 
     /// Sends a command and waits for its acknowledgement; a refusal becomes
     /// the error `refused` builds from the status and the firmware's reason.
-    fn command(&self, cmd: Command, refused: impl FnOnce(Status, String) -> M2mError) -> Result<(), M2mError> {
+    fn command(
+        &self,
+        cmd: Command,
+        refused: impl FnOnce(Status, String) -> M2mError,
+    ) -> Result<(), M2mError> {
         self.check_fault()?;
         let seq = self.core().send(self.id, &cmd)?;
         let watchdog = self.core().config.watchdog;
@@ -528,11 +584,21 @@ impl EmuSession {
     fn absorb(&self, response: Response) -> Result<Option<Event>, M2mError> {
         let mut st = lock(&self.state);
         match response {
-            Response::BufferDone { queue, index, bytesused, timestamp, flags, sequence, error } => {
+            Response::BufferDone {
+                queue,
+                index,
+                bytesused,
+                timestamp,
+                flags,
+                sequence,
+                error,
+            } => {
                 let hq = st.queue(queue);
                 let count = hq.slots.len();
                 let Some(slot) = hq.slots.get_mut(index as usize) else {
-                    return Err(self.fail(format!("VPU returned {queue} buffer {index}, the queue has {count}")));
+                    return Err(self.fail(format!(
+                        "VPU returned {queue} buffer {index}, the queue has {count}"
+                    )));
                 };
                 let Some(mut buf) = slot.in_device.take() else {
                     return Err(self.fail(format!(
@@ -556,7 +622,14 @@ impl EmuSession {
                 }
                 Ok(Some(Event::BufferDone(buf)))
             }
-            Response::SourceChange { fourcc, width, height, colorimetry, min_buffers, formats } => {
+            Response::SourceChange {
+                fourcc,
+                width,
+                height,
+                colorimetry,
+                min_buffers,
+                formats,
+            } => {
                 let format = PixelFormat::from_fourcc(fourcc)
                     .filter(|p| !p.is_coded())
                     .filter(|_| (1..=8192).contains(&width) && (1..=8192).contains(&height))
@@ -588,7 +661,12 @@ impl EmuSession {
     }
 
     fn unmap_all(&self, st: &mut HostState, queue: QueueKind) -> Result<(), M2mError> {
-        let handles: Vec<u32> = st.queue(queue).slots.iter_mut().filter_map(|s| s.handle.take()).collect();
+        let handles: Vec<u32> = st
+            .queue(queue)
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.handle.take())
+            .collect();
         for handle in handles {
             let result = self.command(Command::UnmapRegion { handle }, Self::refused(queue));
             self.core().iommu.unmap(handle);
@@ -613,10 +691,12 @@ impl EmuSession {
         let hq = st.queue(queue);
         let count = hq.slots.len();
         let memory = hq.memory;
-        let slot = hq
-            .slots
-            .get_mut(buf.index as usize)
-            .ok_or_else(|| bad(format!("buffer index {} but the queue has {count} buffers", buf.index)))?;
+        let slot = hq.slots.get_mut(buf.index as usize).ok_or_else(|| {
+            bad(format!(
+                "buffer index {} but the queue has {count} buffers",
+                buf.index
+            ))
+        })?;
         if slot.in_device.is_some() {
             return Err(bad(format!("buffer {} is already queued", buf.index)));
         }
@@ -629,12 +709,15 @@ impl EmuSession {
             )));
         }
         let handle = match memory {
-            Some(Memory::Allocate(_)) => {
-                match (&slot.region, slot.handle) {
-                    (Some(r), Some(h)) if Arc::ptr_eq(r, &buf.region) => h,
-                    _ => return Err(bad(format!("buffer {} does not carry the memory allocated for it", buf.index))),
+            Some(Memory::Allocate(_)) => match (&slot.region, slot.handle) {
+                (Some(r), Some(h)) if Arc::ptr_eq(r, &buf.region) => h,
+                _ => {
+                    return Err(bad(format!(
+                        "buffer {} does not carry the memory allocated for it",
+                        buf.index
+                    )));
                 }
-            }
+            },
             Some(Memory::Import) => match (&slot.region, slot.handle) {
                 (Some(r), Some(h)) if Arc::ptr_eq(r, &buf.region) => h,
                 _ => {
@@ -674,9 +757,16 @@ impl Session for EmuSession {
     }
 
     fn enum_formats(&self, queue: QueueKind) -> Vec<PixelFormat> {
-        let raw = || PixelFormat::ALL.iter().copied().filter(|p| !p.is_coded() && Format::raw(*p, 16, 16).is_some());
+        let raw = || {
+            PixelFormat::ALL
+                .iter()
+                .copied()
+                .filter(|p| !p.is_coded() && Format::raw(*p, 16, 16).is_some())
+        };
         match (self.role, queue) {
-            (Role::Decoder, QueueKind::Output) | (Role::Encoder, QueueKind::Capture) => vec![self.codec],
+            (Role::Decoder, QueueKind::Output) | (Role::Encoder, QueueKind::Capture) => {
+                vec![self.codec]
+            }
             (Role::Encoder, QueueKind::Output) => raw().collect(),
             (Role::Decoder, QueueKind::Capture) => match &lock(&self.state).stream {
                 Some((formats, ..)) => formats.clone(),
@@ -688,7 +778,10 @@ impl Session for EmuSession {
     fn set_format(&self, queue: QueueKind, format: &Format) -> Result<Format, M2mError> {
         let mut st = lock(&self.state);
         if st.queue(queue).streaming {
-            return Err(M2mError::InvalidState { queue, reason: "cannot change the format while streaming".into() });
+            return Err(M2mError::InvalidState {
+                queue,
+                reason: "cannot change the format while streaming".into(),
+            });
         }
         let cmd = Command::SetFormat {
             queue,
@@ -710,8 +803,9 @@ impl Session for EmuSession {
         let mut effective = if format.pixelformat.is_coded() {
             Format::coded(format.pixelformat, w.max(1), h.max(1))
         } else {
-            Format::raw(format.pixelformat, w, h)
-                .ok_or_else(|| invalid(format!("{} has no layout at {w}x{h}", format.pixelformat)))?
+            Format::raw(format.pixelformat, w, h).ok_or_else(|| {
+                invalid(format!("{} has no layout at {w}x{h}", format.pixelformat))
+            })?
         };
         effective.colorimetry = cm;
         if self.role == Role::Encoder && queue == QueueKind::Output {
@@ -728,7 +822,10 @@ impl Session for EmuSession {
             .queue(queue)
             .format
             .clone()
-            .ok_or(M2mError::InvalidState { queue, reason: "no format set yet".into() })
+            .ok_or(M2mError::InvalidState {
+                queue,
+                reason: "no format set yet".into(),
+            })
     }
 
     fn set_control(&self, control: Control) -> Result<(), M2mError> {
@@ -739,7 +836,9 @@ impl Session for EmuSession {
             Control::Bitrate(v) => (ctrl::BITRATE, v),
             Control::ForceKeyFrame => (ctrl::FORCE_KEY_FRAME, 1),
         };
-        self.command(Command::SetControl { id, value }, |_, reason| M2mError::InvalidControl { control, reason })
+        self.command(Command::SetControl { id, value }, |_, reason| {
+            M2mError::InvalidControl { control, reason }
+        })
     }
 
     fn min_buffers(&self, queue: QueueKind) -> u32 {
@@ -749,11 +848,19 @@ impl Session for EmuSession {
         }
     }
 
-    fn allocate_buffers(&self, queue: QueueKind, count: u32, memory: Memory) -> Result<Vec<Buffer>, M2mError> {
+    fn allocate_buffers(
+        &self,
+        queue: QueueKind,
+        count: u32,
+        memory: Memory,
+    ) -> Result<Vec<Buffer>, M2mError> {
         let mut st = lock(&self.state);
         let hq = st.queue(queue);
         if hq.streaming || hq.busy() {
-            return Err(M2mError::InvalidState { queue, reason: "cannot reallocate buffers while streaming".into() });
+            return Err(M2mError::InvalidState {
+                queue,
+                reason: "cannot reallocate buffers while streaming".into(),
+            });
         }
         let size = hq.format.as_ref().map(|f| f.size);
         self.unmap_all(&mut st, queue)?;
@@ -769,25 +876,43 @@ impl Session for EmuSession {
                 hq.slots.resize_with(count as usize, Slot::default);
             }
             Memory::Allocate(coherency) => {
-                let size = size.ok_or(M2mError::InvalidState { queue, reason: "set a format before allocating".into() })?;
+                let size = size.ok_or(M2mError::InvalidState {
+                    queue,
+                    reason: "set a format before allocating".into(),
+                })?;
                 let config = &self.core().config;
                 let mut slots = Vec::new();
                 for index in 0..count {
-                    let name = format!("vpu{}-{}-{}", self.id, queue.to_string().to_lowercase(), index);
-                    let region = Region::allocate(&name, size, coherency, config.backend, &config.checker)?;
+                    let name = format!(
+                        "vpu{}-{}-{}",
+                        self.id,
+                        queue.to_string().to_lowercase(),
+                        index
+                    );
+                    let region =
+                        Region::allocate(&name, size, coherency, config.backend, &config.checker)?;
                     let handle = self.map(&region, queue);
                     let handle = match handle {
                         Ok(h) => h,
                         Err(e) => {
                             for s in &slots {
-                                let Slot { handle: Some(h), .. } = s else { continue };
+                                let Slot {
+                                    handle: Some(h), ..
+                                } = s
+                                else {
+                                    continue;
+                                };
                                 self.core().iommu.unmap(*h);
                             }
                             return Err(e);
                         }
                     };
                     buffers.push(Buffer::new(queue, index, region.clone()));
-                    slots.push(Slot { region: Some(region), handle: Some(handle), in_device: None });
+                    slots.push(Slot {
+                        region: Some(region),
+                        handle: Some(handle),
+                        in_device: None,
+                    });
                 }
                 st.queue(queue).slots = slots;
             }
@@ -814,11 +939,17 @@ impl Session for EmuSession {
         // buffers they name come back here, unprocessed as far as the client
         // is concerned.
         let mut inbox = lock(&self.mailbox.inbox);
-        inbox.responses.retain(|r| !matches!(r, Response::BufferDone { queue: q, .. } if *q == queue));
+        inbox
+            .responses
+            .retain(|r| !matches!(r, Response::BufferDone { queue: q, .. } if *q == queue));
         drop(inbox);
         let hq = st.queue(queue);
         hq.streaming = false;
-        let mut returned: Vec<Buffer> = hq.slots.iter_mut().filter_map(|s| s.in_device.take()).collect();
+        let mut returned: Vec<Buffer> = hq
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.in_device.take())
+            .collect();
         for b in &mut returned {
             b.flags = BufferFlags::RETURNED;
             b.bytesused = 0;
@@ -828,6 +959,7 @@ impl Session for EmuSession {
         Ok(returned)
     }
 
+    #[allow(clippy::result_large_err)]
     fn queue(&self, buffer: Buffer) -> Result<(), QueueError> {
         if let Err(error) = self.check_fault() {
             return Err(QueueError { buffer, error });
@@ -886,7 +1018,11 @@ impl Session for EmuSession {
             let inbox = lock(&self.mailbox.inbox);
             if inbox.responses.is_empty() && inbox.fault.is_none() {
                 let wait = (deadline - now).min(POLL);
-                let _ = self.mailbox.cond.wait_timeout(inbox, wait).unwrap_or_else(PoisonError::into_inner);
+                let _ = self
+                    .mailbox
+                    .cond
+                    .wait_timeout(inbox, wait)
+                    .unwrap_or_else(PoisonError::into_inner);
             }
         }
     }

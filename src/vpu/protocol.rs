@@ -91,7 +91,8 @@ pub const DEFAULT_CODED_SIZE: (u32, u32) = (1920, 1088);
 
 /// Bytes a control region needs for rings of these sizes.
 pub const fn control_region_size(cmd_slots: u32, resp_slots: u32) -> usize {
-    64 + 2 * std::mem::size_of::<RingHeader>() + (cmd_slots as usize + resp_slots as usize) * SLOT_SIZE
+    64 + 2 * std::mem::size_of::<RingHeader>()
+        + (cmd_slots as usize + resp_slots as usize) * SLOT_SIZE
 }
 
 /// Why a message could not be decoded.
@@ -159,7 +160,12 @@ impl Status {
             3 => Status::BadArgument,
             4 => Status::Unsupported,
             5 => Status::NoResources,
-            _ => return Err(ProtocolError::BadField { field: "status", value: v }),
+            _ => {
+                return Err(ProtocolError::BadField {
+                    field: "status",
+                    value: v,
+                });
+            }
         })
     }
 }
@@ -167,17 +173,45 @@ impl Status {
 /// Host -> VPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    Open { role: Role, codec: u32 },
+    Open {
+        role: Role,
+        codec: u32,
+    },
     Close,
-    SetFormat { queue: QueueKind, fourcc: u32, width: u32, height: u32, colorimetry: Colorimetry },
-    MapRegion { handle: u32, size: u64 },
-    UnmapRegion { handle: u32 },
-    QueueBuffer { queue: QueueKind, index: u32, handle: u32, bytesused: u32, timestamp: u64, flags: BufferFlags },
-    StreamOn { queue: QueueKind },
-    StreamOff { queue: QueueKind },
+    SetFormat {
+        queue: QueueKind,
+        fourcc: u32,
+        width: u32,
+        height: u32,
+        colorimetry: Colorimetry,
+    },
+    MapRegion {
+        handle: u32,
+        size: u64,
+    },
+    UnmapRegion {
+        handle: u32,
+    },
+    QueueBuffer {
+        queue: QueueKind,
+        index: u32,
+        handle: u32,
+        bytesused: u32,
+        timestamp: u64,
+        flags: BufferFlags,
+    },
+    StreamOn {
+        queue: QueueKind,
+    },
+    StreamOff {
+        queue: QueueKind,
+    },
     Stop,
     Start,
-    SetControl { id: u32, value: u32 },
+    SetControl {
+        id: u32,
+        value: u32,
+    },
 }
 
 /// VPU -> host.
@@ -219,7 +253,10 @@ fn queue_from_u32(v: u32) -> Result<QueueKind, ProtocolError> {
     match v {
         0 => Ok(QueueKind::Output),
         1 => Ok(QueueKind::Capture),
-        _ => Err(ProtocolError::BadField { field: "queue", value: v }),
+        _ => Err(ProtocolError::BadField {
+            field: "queue",
+            value: v,
+        }),
     }
 }
 
@@ -244,7 +281,10 @@ fn with_text(mut m: Message, text: &str) -> Message {
 
 fn text_of(m: &Message) -> Result<String, ProtocolError> {
     let len = m.text_len as usize;
-    let bytes = m.text.get(..len).ok_or(ProtocolError::BadText(m.text_len))?;
+    let bytes = m
+        .text
+        .get(..len)
+        .ok_or(ProtocolError::BadText(m.text_len))?;
     Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
@@ -261,11 +301,18 @@ impl Command {
     pub fn encode(&self, session: u32, seq: u32) -> Message {
         let msg = |opcode, args: &[u32]| message(opcode, session, seq, args);
         match *self {
-            Command::Open { role, codec } => {
-                msg(op::OPEN, &[if role == Role::Decoder { 0 } else { 1 }, codec])
-            }
+            Command::Open { role, codec } => msg(
+                op::OPEN,
+                &[if role == Role::Decoder { 0 } else { 1 }, codec],
+            ),
             Command::Close => msg(op::CLOSE, &[]),
-            Command::SetFormat { queue, fourcc, width, height, colorimetry: c } => msg(
+            Command::SetFormat {
+                queue,
+                fourcc,
+                width,
+                height,
+                colorimetry: c,
+            } => msg(
                 op::SET_FORMAT,
                 &[
                     queue_to_u32(queue),
@@ -283,11 +330,26 @@ impl Command {
                 msg(op::MAP_REGION, &[handle, lo, hi])
             }
             Command::UnmapRegion { handle } => msg(op::UNMAP_REGION, &[handle]),
-            Command::QueueBuffer { queue, index, handle, bytesused, timestamp, flags } => {
+            Command::QueueBuffer {
+                queue,
+                index,
+                handle,
+                bytesused,
+                timestamp,
+                flags,
+            } => {
                 let (lo, hi) = split_u64(timestamp);
                 msg(
                     op::QUEUE_BUFFER,
-                    &[queue_to_u32(queue), index, handle, bytesused, lo, hi, flags.bits()],
+                    &[
+                        queue_to_u32(queue),
+                        index,
+                        handle,
+                        bytesused,
+                        lo,
+                        hi,
+                        flags.bits(),
+                    ],
                 )
             }
             Command::StreamOn { queue } => msg(op::STREAM_ON, &[queue_to_u32(queue)]),
@@ -305,7 +367,12 @@ impl Command {
                 role: match a[0] {
                     0 => Role::Decoder,
                     1 => Role::Encoder,
-                    v => return Err(ProtocolError::BadField { field: "role", value: v }),
+                    v => {
+                        return Err(ProtocolError::BadField {
+                            field: "role",
+                            value: v,
+                        });
+                    }
                 },
                 codec: a[1],
             },
@@ -322,7 +389,10 @@ impl Command {
                     quantization: a[7],
                 },
             },
-            op::MAP_REGION => Command::MapRegion { handle: a[0], size: join_u64(a[1], a[2]) },
+            op::MAP_REGION => Command::MapRegion {
+                handle: a[0],
+                size: join_u64(a[1], a[2]),
+            },
             op::UNMAP_REGION => Command::UnmapRegion { handle: a[0] },
             op::QUEUE_BUFFER => Command::QueueBuffer {
                 queue: queue_from_u32(a[0])?,
@@ -332,11 +402,18 @@ impl Command {
                 timestamp: join_u64(a[4], a[5]),
                 flags: BufferFlags::from_bits_truncate(a[6]),
             },
-            op::STREAM_ON => Command::StreamOn { queue: queue_from_u32(a[0])? },
-            op::STREAM_OFF => Command::StreamOff { queue: queue_from_u32(a[0])? },
+            op::STREAM_ON => Command::StreamOn {
+                queue: queue_from_u32(a[0])?,
+            },
+            op::STREAM_OFF => Command::StreamOff {
+                queue: queue_from_u32(a[0])?,
+            },
             op::STOP => Command::Stop,
             op::START => Command::Start,
-            op::SET_CONTROL => Command::SetControl { id: a[0], value: a[1] },
+            op::SET_CONTROL => Command::SetControl {
+                id: a[0],
+                value: a[1],
+            },
             other => return Err(ProtocolError::UnknownOpcode(other)),
         })
     }
@@ -350,17 +427,40 @@ impl Response {
         let msg = |opcode, args: &[u32]| message(opcode, session, seq, args);
         match self {
             Response::Ack { status, text } => with_text(msg(op::ACK, &[*status as u32]), text),
-            Response::BufferDone { queue, index, bytesused, timestamp, flags, sequence, error } => {
+            Response::BufferDone {
+                queue,
+                index,
+                bytesused,
+                timestamp,
+                flags,
+                sequence,
+                error,
+            } => {
                 let (lo, hi) = split_u64(*timestamp);
                 with_text(
                     msg(
                         op::BUFFER_DONE,
-                        &[queue_to_u32(*queue), *index, *bytesused, lo, hi, flags.bits(), *sequence],
+                        &[
+                            queue_to_u32(*queue),
+                            *index,
+                            *bytesused,
+                            lo,
+                            hi,
+                            flags.bits(),
+                            *sequence,
+                        ],
                     ),
                     error,
                 )
             }
-            Response::SourceChange { fourcc, width, height, colorimetry: c, min_buffers, formats } => {
+            Response::SourceChange {
+                fourcc,
+                width,
+                height,
+                colorimetry: c,
+                min_buffers,
+                formats,
+            } => {
                 let mut args = vec![
                     *fourcc,
                     *width,
@@ -381,7 +481,10 @@ impl Response {
     pub fn decode(m: &Message) -> Result<Response, ProtocolError> {
         let a = &m.args;
         Ok(match m.opcode {
-            op::ACK => Response::Ack { status: Status::from_u32(a[0])?, text: text_of(m)? },
+            op::ACK => Response::Ack {
+                status: Status::from_u32(a[0])?,
+                text: text_of(m)?,
+            },
             op::BUFFER_DONE => Response::BufferDone {
                 queue: queue_from_u32(a[0])?,
                 index: a[1],
@@ -417,16 +520,27 @@ mod tests {
     #[test]
     fn commands_round_trip() {
         let cmds = [
-            Command::Open { role: Role::Encoder, codec: 0x5448_5746 },
+            Command::Open {
+                role: Role::Encoder,
+                codec: 0x5448_5746,
+            },
             Command::Close,
             Command::SetFormat {
                 queue: QueueKind::Capture,
                 fourcc: 7,
                 width: 322,
                 height: 242,
-                colorimetry: Colorimetry { colorspace: 3, xfer_func: 1, ycbcr_enc: 2, quantization: 1 },
+                colorimetry: Colorimetry {
+                    colorspace: 3,
+                    xfer_func: 1,
+                    ycbcr_enc: 2,
+                    quantization: 1,
+                },
             },
-            Command::MapRegion { handle: 9, size: 5 << 32 | 17 },
+            Command::MapRegion {
+                handle: 9,
+                size: 5 << 32 | 17,
+            },
             Command::UnmapRegion { handle: 9 },
             Command::QueueBuffer {
                 queue: QueueKind::Output,
@@ -436,11 +550,18 @@ mod tests {
                 timestamp: u64::MAX - 5,
                 flags: BufferFlags::KEYFRAME | BufferFlags::NO_CACHE_CLEAN,
             },
-            Command::StreamOn { queue: QueueKind::Output },
-            Command::StreamOff { queue: QueueKind::Capture },
+            Command::StreamOn {
+                queue: QueueKind::Output,
+            },
+            Command::StreamOff {
+                queue: QueueKind::Capture,
+            },
             Command::Stop,
             Command::Start,
-            Command::SetControl { id: ctrl::GOP_SIZE, value: 10 },
+            Command::SetControl {
+                id: ctrl::GOP_SIZE,
+                value: 10,
+            },
         ];
         for c in cmds {
             let m = c.encode(4, 77);
@@ -452,7 +573,10 @@ mod tests {
     #[test]
     fn responses_round_trip() {
         let resps = [
-            Response::Ack { status: Status::BadArgument, text: "width 0".into() },
+            Response::Ack {
+                status: Status::BadArgument,
+                text: "width 0".into(),
+            },
             Response::BufferDone {
                 queue: QueueKind::Capture,
                 index: 1,
@@ -470,7 +594,9 @@ mod tests {
                 min_buffers: 2,
                 formats: vec![1, 2, 3],
             },
-            Response::SessionError { text: "x".repeat(TEXT_SIZE) },
+            Response::SessionError {
+                text: "x".repeat(TEXT_SIZE),
+            },
         ];
         for r in resps {
             assert_eq!(Response::decode(&r.encode(1, 2)).unwrap(), r);
@@ -489,15 +615,28 @@ mod tests {
 
     #[test]
     fn untrusted_fields_are_rejected() {
-        let mut m = Command::StreamOn { queue: QueueKind::Output }.encode(1, 1);
+        let mut m = Command::StreamOn {
+            queue: QueueKind::Output,
+        }
+        .encode(1, 1);
         m.args[0] = 7;
         assert_eq!(
             Command::decode(&m),
-            Err(ProtocolError::BadField { field: "queue", value: 7 })
+            Err(ProtocolError::BadField {
+                field: "queue",
+                value: 7
+            })
         );
         m.opcode = 0x7777;
-        assert_eq!(Command::decode(&m), Err(ProtocolError::UnknownOpcode(0x7777)));
-        let mut r = Response::Ack { status: Status::Ok, text: String::new() }.encode(1, 1);
+        assert_eq!(
+            Command::decode(&m),
+            Err(ProtocolError::UnknownOpcode(0x7777))
+        );
+        let mut r = Response::Ack {
+            status: Status::Ok,
+            text: String::new(),
+        }
+        .encode(1, 1);
         r.text_len = 65;
         assert_eq!(Response::decode(&r), Err(ProtocolError::BadText(65)));
         r.text_len = 0;

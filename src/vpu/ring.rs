@@ -24,10 +24,21 @@ use crate::mem::{MemError, Region};
 pub enum RingError {
     #[error("ring is full ({0} messages in flight)")]
     Full(u32),
-    #[error("ring corrupt: the other side's index {other} is {distance} slots from ours ({ours}), ring holds {slots}")]
-    Corrupt { ours: u32, other: u32, distance: u32, slots: u32 },
+    #[error(
+        "ring corrupt: the other side's index {other} is {distance} slots from ours ({ours}), ring holds {slots}"
+    )]
+    Corrupt {
+        ours: u32,
+        other: u32,
+        distance: u32,
+        slots: u32,
+    },
     #[error("ring of {slots} slots at offset {offset} does not fit the {size}-byte control region")]
-    Layout { offset: usize, slots: u32, size: usize },
+    Layout {
+        offset: usize,
+        slots: u32,
+        size: usize,
+    },
     #[error("ring memory: {0}")]
     Memory(#[from] MemError),
 }
@@ -43,17 +54,33 @@ struct RingMemory {
 impl RingMemory {
     fn new(region: Arc<Region>, offset: usize, slots: u32) -> Result<RingMemory, RingError> {
         let need = std::mem::size_of::<RingHeader>() + slots as usize * SLOT_SIZE;
-        if slots == 0 || offset.checked_add(need).is_none_or(|end| end > region.size()) {
-            return Err(RingError::Layout { offset, slots, size: region.size() });
+        if slots == 0
+            || offset
+                .checked_add(need)
+                .is_none_or(|end| end > region.size())
+        {
+            return Err(RingError::Layout {
+                offset,
+                slots,
+                size: region.size(),
+            });
         }
         region.shared()?;
-        Ok(RingMemory { region, offset, slots })
+        Ok(RingMemory {
+            region,
+            offset,
+            slots,
+        })
     }
 
     fn index(&self, field: usize) -> Result<&AtomicU32, RingError> {
         let map = self.region.shared()?;
         map.atomic_u32(self.offset + field)
-            .ok_or(RingError::Layout { offset: self.offset, slots: self.slots, size: map.len() })
+            .ok_or(RingError::Layout {
+                offset: self.offset,
+                slots: self.slots,
+                size: map.len(),
+            })
     }
 
     fn slot_offset(&self, index: u32) -> usize {
@@ -64,7 +91,12 @@ impl RingMemory {
     fn in_flight(&self, head: u32, tail: u32, ours: u32, other: u32) -> Result<u32, RingError> {
         let distance = head.wrapping_sub(tail);
         if distance > self.slots {
-            return Err(RingError::Corrupt { ours, other, distance, slots: self.slots });
+            return Err(RingError::Corrupt {
+                ours,
+                other,
+                distance,
+                slots: self.slots,
+            });
         }
         Ok(distance)
     }
@@ -98,9 +130,12 @@ impl Producer {
             return Err(RingError::Full(pending));
         }
         let map = self.mem.region.shared()?;
-        map.write_at(self.mem.slot_offset(self.head), bytemuck::bytes_of(msg)).map_err(MemError::from)?;
+        map.write_at(self.mem.slot_offset(self.head), bytemuck::bytes_of(msg))
+            .map_err(MemError::from)?;
         self.head = self.head.wrapping_add(1);
-        self.mem.index(RING_HEAD_OFFSET)?.store(self.head, Ordering::Release);
+        self.mem
+            .index(RING_HEAD_OFFSET)?
+            .store(self.head, Ordering::Release);
         Ok(())
     }
 }
@@ -127,9 +162,15 @@ impl Consumer {
         }
         let mut msg = Message::zeroed();
         let map = self.mem.region.shared()?;
-        map.read_at(self.mem.slot_offset(self.tail), bytemuck::bytes_of_mut(&mut msg)).map_err(MemError::from)?;
+        map.read_at(
+            self.mem.slot_offset(self.tail),
+            bytemuck::bytes_of_mut(&mut msg),
+        )
+        .map_err(MemError::from)?;
         self.tail = self.tail.wrapping_add(1);
-        self.mem.index(RING_TAIL_OFFSET)?.store(self.tail, Ordering::Release);
+        self.mem
+            .index(RING_TAIL_OFFSET)?
+            .store(self.tail, Ordering::Release);
         Ok(Some(msg))
     }
 }
@@ -142,7 +183,14 @@ mod tests {
 
     fn region(size: usize) -> Arc<Region> {
         let checker = Checker::new(CheckerConfig::default());
-        Region::allocate("ring-test", size, Coherency::Coherent, DmaBackend::Memfd, &checker).unwrap()
+        Region::allocate(
+            "ring-test",
+            size,
+            Coherency::Coherent,
+            DmaBackend::Memfd,
+            &checker,
+        )
+        .unwrap()
     }
 
     fn msg(n: u32) -> Message {
@@ -185,8 +233,12 @@ mod tests {
     fn index_wraps_at_u32_max() {
         let r = region(4096);
         let map = r.shared().unwrap();
-        map.atomic_u32(RING_HEAD_OFFSET).unwrap().store(u32::MAX - 1, Ordering::Relaxed);
-        map.atomic_u32(RING_TAIL_OFFSET).unwrap().store(u32::MAX - 1, Ordering::Relaxed);
+        map.atomic_u32(RING_HEAD_OFFSET)
+            .unwrap()
+            .store(u32::MAX - 1, Ordering::Relaxed);
+        map.atomic_u32(RING_TAIL_OFFSET)
+            .unwrap()
+            .store(u32::MAX - 1, Ordering::Relaxed);
         let mut p = Producer::new(r.clone(), 0, 3).unwrap();
         let mut c = Consumer::new(r, 0, 3).unwrap();
         for i in 0..10 {
@@ -203,17 +255,30 @@ mod tests {
         p.push(&msg(1)).unwrap();
         // The producer's side scribbles a head far ahead of the consumer.
         let map = r.shared().unwrap();
-        map.atomic_u32(RING_HEAD_OFFSET).unwrap().store(1000, Ordering::Release);
-        assert!(matches!(c.pop(), Err(RingError::Corrupt { distance: 1000, .. })));
+        map.atomic_u32(RING_HEAD_OFFSET)
+            .unwrap()
+            .store(1000, Ordering::Release);
+        assert!(matches!(
+            c.pop(),
+            Err(RingError::Corrupt { distance: 1000, .. })
+        ));
         // A tail beyond the head is caught by the producer.
-        map.atomic_u32(RING_TAIL_OFFSET).unwrap().store(5, Ordering::Release);
+        map.atomic_u32(RING_TAIL_OFFSET)
+            .unwrap()
+            .store(5, Ordering::Release);
         assert!(matches!(p.push(&msg(2)), Err(RingError::Corrupt { .. })));
     }
 
     #[test]
     fn layout_outside_region_is_refused() {
         let r = region(4096);
-        assert!(matches!(Producer::new(r.clone(), 4000, 4), Err(RingError::Layout { .. })));
-        assert!(matches!(Consumer::new(r, 0, 0), Err(RingError::Layout { .. })));
+        assert!(matches!(
+            Producer::new(r.clone(), 4000, 4),
+            Err(RingError::Layout { .. })
+        ));
+        assert!(matches!(
+            Consumer::new(r, 0, 0),
+            Err(RingError::Layout { .. })
+        ));
     }
 }

@@ -52,9 +52,15 @@ impl StreamInfo {
 /// One unit of decoder work taken from the bitstream.
 #[derive(Debug)]
 enum Item {
-    Frame { data: Vec<u8>, timestamp: u64 },
+    Frame {
+        data: Vec<u8>,
+        timestamp: u64,
+    },
     /// Bytes that could not be framed; reported on a CAPTURE buffer.
-    Bad { reason: String, timestamp: u64 },
+    Bad {
+        reason: String,
+        timestamp: u64,
+    },
 }
 
 pub(crate) struct Decoder {
@@ -111,7 +117,11 @@ impl Decoder {
                 if pixfmt != PixelFormat::Fwht {
                     return Err(format!("decoder OUTPUT takes FWHT, not {pixfmt}"));
                 }
-                let (w, h) = if width == 0 || height == 0 { DEFAULT_CODED_SIZE } else { (width, height) };
+                let (w, h) = if width == 0 || height == 0 {
+                    DEFAULT_CODED_SIZE
+                } else {
+                    (width, height)
+                };
                 let mut f = Format::coded(PixelFormat::Fwht, w, h);
                 f.colorimetry = colorimetry;
                 output.format = Some(f);
@@ -122,7 +132,8 @@ impl Decoder {
                 }
                 let (w, h, cm) = match &self.stream {
                     Some(s) if !s.formats.contains(&pixfmt) => {
-                        let allowed: Vec<String> = s.formats.iter().map(|f| f.to_string()).collect();
+                        let allowed: Vec<String> =
+                            s.formats.iter().map(|f| f.to_string()).collect();
                         return Err(format!(
                             "this stream decodes to {}, not {pixfmt}",
                             allowed.join(", ")
@@ -180,19 +191,40 @@ impl Decoder {
         self.drain = None;
     }
 
-    pub(crate) fn run(&mut self, output: &mut FwQueue, capture: &mut FwQueue, faults: &Faults, sink: &mut Sink<'_>) {
+    pub(crate) fn run(
+        &mut self,
+        output: &mut FwQueue,
+        capture: &mut FwQueue,
+        faults: &Faults,
+        sink: &mut Sink<'_>,
+    ) {
         while self.step(output, capture, faults, sink) {}
     }
 
     /// One unit of work; false when nothing more can happen now.
-    fn step(&mut self, output: &mut FwQueue, capture: &mut FwQueue, faults: &Faults, sink: &mut Sink<'_>) -> bool {
+    fn step(
+        &mut self,
+        output: &mut FwQueue,
+        capture: &mut FwQueue,
+        faults: &Faults,
+        sink: &mut Sink<'_>,
+    ) -> bool {
         if self.pending_last {
             if !capture.streaming {
                 self.pending_last = false;
                 return true;
             }
-            let Some(buf) = capture.buffers.pop_front() else { return false };
-            sink.done(QueueKind::Capture, &buf, 0, BufferFlags::LAST, self.sequence, "");
+            let Some(buf) = capture.buffers.pop_front() else {
+                return false;
+            };
+            sink.done(
+                QueueKind::Capture,
+                &buf,
+                0,
+                BufferFlags::LAST,
+                self.sequence,
+                "",
+            );
             self.pending_last = false;
             return true;
         }
@@ -205,7 +237,10 @@ impl Decoder {
             {
                 // Nothing was decoded yet, so there is no CAPTURE buffer to
                 // carry the error: the bytes are skipped, as before a header.
-                log::warn!("VPU decoder session {}: skipping undecodable data: {reason}", sink.id);
+                log::warn!(
+                    "VPU decoder session {}: skipping undecodable data: {reason}",
+                    sink.id
+                );
                 self.items.pop_front();
                 return true;
             }
@@ -221,7 +256,9 @@ impl Decoder {
             if !capture.streaming {
                 return false;
             }
-            let Some(buf) = capture.buffers.pop_front() else { return false };
+            let Some(buf) = capture.buffers.pop_front() else {
+                return false;
+            };
             let item = self.items.pop_front();
             if let Some(item) = item {
                 self.decode(item, buf, capture.format.as_ref(), faults, sink);
@@ -229,7 +266,8 @@ impl Decoder {
             return true;
         }
         let may_consume = output.streaming && self.drain.is_none_or(|n| n > 0);
-        if may_consume && self.items.len() < MAX_PENDING_FRAMES
+        if may_consume
+            && self.items.len() < MAX_PENDING_FRAMES
             && let Some(buf) = output.buffers.pop_front()
         {
             self.consume(&buf, sink);
@@ -259,7 +297,12 @@ impl Decoder {
                 f.colorimetry = info.colorimetry;
                 let mut formats: Vec<u32> = vec![f.pixelformat.fourcc()];
                 let first = formats[0];
-                formats.extend(info.formats.iter().map(|p| p.fourcc()).filter(|&c| c != first));
+                formats.extend(
+                    info.formats
+                        .iter()
+                        .map(|p| p.fourcc())
+                        .filter(|&c| c != first),
+                );
                 formats.truncate(MAX_FORMATS);
                 sink.post(Response::SourceChange {
                     fourcc: f.pixelformat.fourcc(),
@@ -292,16 +335,30 @@ impl Decoder {
             let used = buf.bytesused.min(data.len());
             self.scanner.push(&data[..used]);
         }
-        sink.done(QueueKind::Output, buf, buf.bytesused, BufferFlags::NONE, 0, "");
+        sink.done(
+            QueueKind::Output,
+            buf,
+            buf.bytesused,
+            BufferFlags::NONE,
+            0,
+            "",
+        );
         // A frame that started in an earlier buffer keeps that buffer's
         // timestamp; every frame starting in this one gets this one's.
         let mut first = true;
         while let Some(next) = self.scanner.next_frame() {
-            let timestamp = if first { self.carry_timestamp.unwrap_or(buf.timestamp) } else { buf.timestamp };
+            let timestamp = if first {
+                self.carry_timestamp.unwrap_or(buf.timestamp)
+            } else {
+                buf.timestamp
+            };
             first = false;
             self.items.push_back(match next {
                 Ok(data) => Item::Frame { data, timestamp },
-                Err(e) => Item::Bad { reason: e.to_string(), timestamp },
+                Err(e) => Item::Bad {
+                    reason: e.to_string(),
+                    timestamp,
+                },
             });
         }
         self.carry_timestamp = match (self.scanner.buffered() > 0, first) {
@@ -311,7 +368,14 @@ impl Decoder {
         };
     }
 
-    fn decode(&mut self, item: Item, buf: QueuedBuffer, format: Option<&Format>, faults: &Faults, sink: &mut Sink<'_>) {
+    fn decode(
+        &mut self,
+        item: Item,
+        buf: QueuedBuffer,
+        format: Option<&Format>,
+        faults: &Faults,
+        sink: &mut Sink<'_>,
+    ) {
         let seq = self.sequence;
         self.sequence = self.sequence.wrapping_add(1);
         let (data, timestamp) = match item {
@@ -319,13 +383,27 @@ impl Decoder {
             Item::Bad { reason, timestamp } => {
                 self.need_keyframe = true;
                 let buf = QueuedBuffer { timestamp, ..buf };
-                sink.done(QueueKind::Capture, &buf, 0, BufferFlags::ERROR, seq, &reason);
+                sink.done(
+                    QueueKind::Capture,
+                    &buf,
+                    0,
+                    BufferFlags::ERROR,
+                    seq,
+                    &reason,
+                );
                 return;
             }
         };
         let buf = QueuedBuffer { timestamp, ..buf };
         let Some(format) = format else {
-            sink.done(QueueKind::Capture, &buf, 0, BufferFlags::ERROR, seq, "CAPTURE has no format");
+            sink.done(
+                QueueKind::Capture,
+                &buf,
+                0,
+                BufferFlags::ERROR,
+                seq,
+                "CAPTURE has no format",
+            );
             return;
         };
         if self.need_keyframe && !fwht::parse_header(&data).is_ok_and(|h| h.is_keyframe()) {
@@ -343,7 +421,9 @@ impl Decoder {
                     format.size
                 ))
             } else {
-                self.codec.decode(&data, format, &mut dst[..format.size]).map_err(|e| e.to_string())
+                self.codec
+                    .decode(&data, format, &mut dst[..format.size])
+                    .map_err(|e| e.to_string())
             }
         };
         let delay = faults.frame_delay();
@@ -353,12 +433,23 @@ impl Decoder {
         match result {
             Ok(decoded) => {
                 self.need_keyframe = false;
-                let kind = if decoded.keyframe { BufferFlags::KEYFRAME } else { BufferFlags::PFRAME };
+                let kind = if decoded.keyframe {
+                    BufferFlags::KEYFRAME
+                } else {
+                    BufferFlags::PFRAME
+                };
                 sink.done(QueueKind::Capture, &buf, format.size, kind, seq, "");
             }
             Err(reason) => {
                 self.need_keyframe = true;
-                sink.done(QueueKind::Capture, &buf, 0, BufferFlags::ERROR, seq, &reason);
+                sink.done(
+                    QueueKind::Capture,
+                    &buf,
+                    0,
+                    BufferFlags::ERROR,
+                    seq,
+                    &reason,
+                );
             }
         }
     }
@@ -370,15 +461,26 @@ impl Decoder {
             if self.stream.is_some() && capture.streaming {
                 let timestamp = self.carry_timestamp.take().unwrap_or(0);
                 self.items.push_back(Item::Bad {
-                    reason: format!("truncated frame at end of stream: {partial} bytes of an incomplete frame"),
+                    reason: format!(
+                        "truncated frame at end of stream: {partial} bytes of an incomplete frame"
+                    ),
                     timestamp,
                 });
                 return true;
             }
         }
         if capture.streaming {
-            let Some(buf) = capture.buffers.pop_front() else { return false };
-            sink.done(QueueKind::Capture, &buf, 0, BufferFlags::LAST, self.sequence, "");
+            let Some(buf) = capture.buffers.pop_front() else {
+                return false;
+            };
+            sink.done(
+                QueueKind::Capture,
+                &buf,
+                0,
+                BufferFlags::LAST,
+                self.sequence,
+                "",
+            );
         }
         self.phase = Phase::Stopped;
         self.drain = None;

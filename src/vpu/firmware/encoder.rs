@@ -58,7 +58,9 @@ impl Encoder {
                     return Err(format!("encoder OUTPUT takes a raw format, not {pixfmt}"));
                 }
                 if width == 0 || height == 0 {
-                    return Err(format!("encoder OUTPUT needs a frame size, got {width}x{height}"));
+                    return Err(format!(
+                        "encoder OUTPUT needs a frame size, got {width}x{height}"
+                    ));
                 }
                 let mut raw = Format::raw(pixfmt, width, height)
                     .ok_or_else(|| format!("the FWHT encoder cannot take {pixfmt}"))?;
@@ -75,7 +77,11 @@ impl Encoder {
                     return Err(format!("encoder CAPTURE gives FWHT, not {pixfmt}"));
                 }
                 if capture.format.is_none() {
-                    capture.format = Some(Format::coded(PixelFormat::Fwht, width.max(1), height.max(1)));
+                    capture.format = Some(Format::coded(
+                        PixelFormat::Fwht,
+                        width.max(1),
+                        height.max(1),
+                    ));
                 }
             }
         }
@@ -92,7 +98,12 @@ impl Encoder {
                 self.force_next = true;
                 return Ok(());
             }
-            _ => return Err(format!("the FWHT encoder has no {} control ({id})", control_name(id))),
+            _ => {
+                return Err(format!(
+                    "the FWHT encoder has no {} control ({id})",
+                    control_name(id)
+                ));
+            }
         }
         // Without a format there is no codec yet: the values are checked when
         // the OUTPUT format creates it.
@@ -138,7 +149,13 @@ impl Encoder {
         self.drain = None;
     }
 
-    pub(crate) fn run(&mut self, output: &mut FwQueue, capture: &mut FwQueue, faults: &Faults, sink: &mut Sink<'_>) {
+    pub(crate) fn run(
+        &mut self,
+        output: &mut FwQueue,
+        capture: &mut FwQueue,
+        faults: &Faults,
+        sink: &mut Sink<'_>,
+    ) {
         while self.phase == Phase::Running && capture.streaming {
             if output.streaming
                 && self.drain.is_none_or(|n| n > 0)
@@ -151,8 +168,17 @@ impl Encoder {
                     *n -= 1;
                 }
             } else if self.drain == Some(0) {
-                let Some(dst) = capture.buffers.pop_front() else { return };
-                sink.done(QueueKind::Capture, &dst, 0, BufferFlags::LAST, self.sequence, "");
+                let Some(dst) = capture.buffers.pop_front() else {
+                    return;
+                };
+                sink.done(
+                    QueueKind::Capture,
+                    &dst,
+                    0,
+                    BufferFlags::LAST,
+                    self.sequence,
+                    "",
+                );
                 self.phase = Phase::Stopped;
                 self.drain = None;
             } else {
@@ -161,10 +187,20 @@ impl Encoder {
         }
     }
 
-    fn encode(&mut self, src: QueuedBuffer, dst: QueuedBuffer, raw: Option<&Format>, faults: &Faults, sink: &mut Sink<'_>) {
+    fn encode(
+        &mut self,
+        src: QueuedBuffer,
+        dst: QueuedBuffer,
+        raw: Option<&Format>,
+        faults: &Faults,
+        sink: &mut Sink<'_>,
+    ) {
         let seq = self.sequence;
         self.sequence = self.sequence.wrapping_add(1);
-        let dst = QueuedBuffer { timestamp: src.timestamp, ..dst };
+        let dst = QueuedBuffer {
+            timestamp: src.timestamp,
+            ..dst
+        };
         let result = match (self.codec.as_mut(), raw) {
             (Some(codec), Some(raw)) if src.bytesused >= raw.size => {
                 if src.flags.contains(BufferFlags::KEYFRAME) {
@@ -172,7 +208,9 @@ impl Encoder {
                 }
                 let input = src.region.device_read();
                 let mut output = dst.region.device_write();
-                codec.encode(&input[..raw.size], &mut output).map_err(|e| e.to_string())
+                codec
+                    .encode(&input[..raw.size], &mut output)
+                    .map_err(|e| e.to_string())
             }
             (Some(_), Some(raw)) => Err(format!(
                 "OUTPUT buffer {} holds {} bytes, a {}x{} {} frame needs {}",
@@ -184,13 +222,31 @@ impl Encoder {
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }
-        sink.done(QueueKind::Output, &src, src.bytesused, BufferFlags::NONE, 0, "");
+        sink.done(
+            QueueKind::Output,
+            &src,
+            src.bytesused,
+            BufferFlags::NONE,
+            0,
+            "",
+        );
         match result {
             Ok(enc) => {
-                let kind = if enc.keyframe { BufferFlags::KEYFRAME } else { BufferFlags::PFRAME };
+                let kind = if enc.keyframe {
+                    BufferFlags::KEYFRAME
+                } else {
+                    BufferFlags::PFRAME
+                };
                 sink.done(QueueKind::Capture, &dst, enc.bytes, kind, seq, "");
             }
-            Err(reason) => sink.done(QueueKind::Capture, &dst, 0, BufferFlags::ERROR, seq, &reason),
+            Err(reason) => sink.done(
+                QueueKind::Capture,
+                &dst,
+                0,
+                BufferFlags::ERROR,
+                seq,
+                &reason,
+            ),
         }
     }
 }

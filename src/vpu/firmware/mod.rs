@@ -61,11 +61,14 @@ impl Faults {
     }
     /// Every coded or decoded frame takes at least this long (a slow core).
     pub fn set_frame_delay(&self, delay: Duration) {
-        self.frame_delay_us.store(delay.as_micros() as u64, Ordering::SeqCst);
+        self.frame_delay_us
+            .store(delay.as_micros() as u64, Ordering::SeqCst);
     }
 
     fn take(counter: &AtomicU32) -> bool {
-        counter.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     pub(crate) fn frame_delay(&self) -> Duration {
@@ -97,19 +100,21 @@ pub(crate) struct FirmwareParts {
 
 /// Boots the core on its own thread.
 pub(crate) fn spawn(parts: FirmwareParts) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("vpu-fw".into()).spawn(move || {
-        let stop = parts.stop.clone();
-        let control = parts.control.clone();
-        match Core::boot(parts) {
-            Ok(mut core) => core.run(&stop),
-            Err(e) => log::error!("VPU firmware failed to boot: {e}"),
-        }
-        if let Ok(map) = control.shared()
-            && let Some(state) = map.atomic_u32(FW_STATE_OFFSET)
-        {
-            state.store(FW_STATE_STOPPED, Ordering::Release);
-        }
-    })
+    std::thread::Builder::new()
+        .name("vpu-fw".into())
+        .spawn(move || {
+            let stop = parts.stop.clone();
+            let control = parts.control.clone();
+            match Core::boot(parts) {
+                Ok(mut core) => core.run(&stop),
+                Err(e) => log::error!("VPU firmware failed to boot: {e}"),
+            }
+            if let Ok(map) = control.shared()
+                && let Some(state) = map.atomic_u32(FW_STATE_OFFSET)
+            {
+                state.store(FW_STATE_STOPPED, Ordering::Release);
+            }
+        })
 }
 
 struct Core {
@@ -124,12 +129,28 @@ struct Core {
 impl Core {
     fn boot(parts: FirmwareParts) -> Result<Core, RingError> {
         let mut header = SharedHeader::zeroed_header();
-        parts.control.shared()?.read_at(0, bytemuck::bytes_of_mut(&mut header)).map_err(crate::mem::MemError::from)?;
-        let commands =
-            Consumer::new(parts.control.clone(), header.cmd_ring_offset as usize, header.cmd_ring_slots)?;
-        let responses =
-            Producer::new(parts.control.clone(), header.resp_ring_offset as usize, header.resp_ring_slots)?;
-        Ok(Core { parts, commands, responses, backlog: VecDeque::new(), sessions: HashMap::new() })
+        parts
+            .control
+            .shared()?
+            .read_at(0, bytemuck::bytes_of_mut(&mut header))
+            .map_err(crate::mem::MemError::from)?;
+        let commands = Consumer::new(
+            parts.control.clone(),
+            header.cmd_ring_offset as usize,
+            header.cmd_ring_slots,
+        )?;
+        let responses = Producer::new(
+            parts.control.clone(),
+            header.resp_ring_offset as usize,
+            header.resp_ring_slots,
+        )?;
+        Ok(Core {
+            parts,
+            commands,
+            responses,
+            backlog: VecDeque::new(),
+            sessions: HashMap::new(),
+        })
     }
 
     fn counter(&self, offset: usize) -> Option<&AtomicU32> {
@@ -155,7 +176,13 @@ impl Core {
                 // be trusted any more. Tell every session and stop serving.
                 log::error!("VPU firmware: {e}");
                 for &id in self.sessions.keys() {
-                    outbox.post(id, 0, Response::SessionError { text: format!("firmware halted: {e}") });
+                    outbox.post(
+                        id,
+                        0,
+                        Response::SessionError {
+                            text: format!("firmware halted: {e}"),
+                        },
+                    );
                 }
                 self.post(outbox);
                 return;
@@ -175,7 +202,10 @@ impl Core {
                 Err(e) => outbox.post(
                     session,
                     seq,
-                    Response::Ack { status: Status::BadArgument, text: e.to_string() },
+                    Response::Ack {
+                        status: Status::BadArgument,
+                        text: e.to_string(),
+                    },
                 ),
             }
             // Let queued work interleave with commands in ring order, so a
@@ -188,7 +218,10 @@ impl Core {
     }
 
     fn handle(&mut self, id: u32, seq: u32, cmd: Command, outbox: &mut Outbox) {
-        let ack = |status, text: &str| Response::Ack { status, text: text.to_owned() };
+        let ack = |status, text: &str| Response::Ack {
+            status,
+            text: text.to_owned(),
+        };
         match cmd {
             Command::Open { role, codec } => {
                 let reply = if id == 0 || self.sessions.contains_key(&id) {
@@ -275,7 +308,11 @@ impl Firmware {
         let stop = parts.stop.clone();
         let doorbell = parts.doorbell.clone();
         let thread = spawn(parts)?;
-        Ok(Firmware { stop, doorbell, thread: Mutex::new(Some(thread)) })
+        Ok(Firmware {
+            stop,
+            doorbell,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 }
 
@@ -283,7 +320,11 @@ impl Drop for Firmware {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
         let _ = self.doorbell.signal();
-        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let thread = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(t) = thread
             && t.join().is_err()
         {

@@ -62,7 +62,15 @@ pub(crate) struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    pub(crate) fn done(&mut self, queue: QueueKind, buf: &QueuedBuffer, bytesused: usize, flags: BufferFlags, sequence: u32, error: &str) {
+    pub(crate) fn done(
+        &mut self,
+        queue: QueueKind,
+        buf: &QueuedBuffer,
+        bytesused: usize,
+        flags: BufferFlags,
+        sequence: u32,
+        error: &str,
+    ) {
         self.outbox.post(
             self.id,
             0,
@@ -84,7 +92,12 @@ impl Sink<'_> {
 }
 
 impl FwSession {
-    pub(crate) fn open(id: u32, role: Role, codec: u32, iommu: Arc<Iommu>) -> Result<FwSession, String> {
+    pub(crate) fn open(
+        id: u32,
+        role: Role,
+        codec: u32,
+        iommu: Arc<Iommu>,
+    ) -> Result<FwSession, String> {
         let engine = match (PixelFormat::from_fourcc(codec), role) {
             (Some(PixelFormat::Fwht), Role::Decoder) => Engine::Decoder(Box::default()),
             (Some(PixelFormat::Fwht), Role::Encoder) => Engine::Encoder(Box::default()),
@@ -113,7 +126,10 @@ impl FwSession {
     pub(crate) fn command(&mut self, seq: u32, cmd: Command, outbox: &mut Outbox) {
         let reply = match self.apply(cmd, outbox) {
             Ok(None) => return,
-            Ok(Some(())) => Response::Ack { status: Status::Ok, text: String::new() },
+            Ok(Some(())) => Response::Ack {
+                status: Status::Ok,
+                text: String::new(),
+            },
             Err((status, text)) => Response::Ack { status, text },
         };
         outbox.post(self.id, seq, reply);
@@ -123,9 +139,17 @@ impl FwSession {
     fn apply(&mut self, cmd: Command, outbox: &mut Outbox) -> Result<Option<()>, (Status, String)> {
         let bad = |text: String| (Status::BadArgument, text);
         match cmd {
-            Command::SetFormat { queue, fourcc, width, height, colorimetry } => {
+            Command::SetFormat {
+                queue,
+                fourcc,
+                width,
+                height,
+                colorimetry,
+            } => {
                 if width > MAX_DIMENSION || height > MAX_DIMENSION {
-                    return Err(bad(format!("{width}x{height} exceeds {MAX_DIMENSION}x{MAX_DIMENSION}")));
+                    return Err(bad(format!(
+                        "{width}x{height} exceeds {MAX_DIMENSION}x{MAX_DIMENSION}"
+                    )));
                 }
                 let pixfmt = PixelFormat::from_fourcc(fourcc)
                     .ok_or_else(|| bad(format!("unknown pixel format {fourcc:#010x}")))?;
@@ -133,40 +157,75 @@ impl FwSession {
                     return Err((Status::BadState, format!("{queue} is streaming")));
                 }
                 match &mut self.engine {
-                    Engine::Decoder(d) => d.set_format(&mut self.output, &mut self.capture, queue, pixfmt, width, height, colorimetry),
-                    Engine::Encoder(e) => e.set_format(&mut self.output, &mut self.capture, queue, pixfmt, width, height, colorimetry),
+                    Engine::Decoder(d) => d.set_format(
+                        &mut self.output,
+                        &mut self.capture,
+                        queue,
+                        pixfmt,
+                        width,
+                        height,
+                        colorimetry,
+                    ),
+                    Engine::Encoder(e) => e.set_format(
+                        &mut self.output,
+                        &mut self.capture,
+                        queue,
+                        pixfmt,
+                        width,
+                        height,
+                        colorimetry,
+                    ),
                 }
                 .map_err(bad)?;
                 Ok(Some(()))
             }
             Command::MapRegion { handle, size } => {
-                let region = self
-                    .iommu
-                    .lookup(handle)
-                    .ok_or((Status::NoEntity, format!("region handle {handle} is not in the IOMMU")))?;
+                let region = self.iommu.lookup(handle).ok_or((
+                    Status::NoEntity,
+                    format!("region handle {handle} is not in the IOMMU"),
+                ))?;
                 if region.size() as u64 != size {
-                    return Err(bad(format!("region {handle} is {} bytes, the host says {size}", region.size())));
+                    return Err(bad(format!(
+                        "region {handle} is {} bytes, the host says {size}",
+                        region.size()
+                    )));
                 }
                 self.mapped.insert(handle, region);
                 Ok(Some(()))
             }
             Command::UnmapRegion { handle } => {
-                let in_use = |q: &FwQueue| q.buffers.iter().any(|b| self.mapped.get(&handle).is_some_and(|r| Arc::ptr_eq(r, &b.region)));
+                let in_use = |q: &FwQueue| {
+                    q.buffers.iter().any(|b| {
+                        self.mapped
+                            .get(&handle)
+                            .is_some_and(|r| Arc::ptr_eq(r, &b.region))
+                    })
+                };
                 if in_use(&self.output) || in_use(&self.capture) {
                     return Err((Status::BadState, format!("region {handle} is still queued")));
                 }
-                self.mapped
-                    .remove(&handle)
-                    .map(|_| Some(()))
-                    .ok_or((Status::NoEntity, format!("region handle {handle} is not mapped")))
+                self.mapped.remove(&handle).map(|_| Some(())).ok_or((
+                    Status::NoEntity,
+                    format!("region handle {handle} is not mapped"),
+                ))
             }
-            Command::QueueBuffer { queue, index, handle, bytesused, timestamp, flags } => {
+            Command::QueueBuffer {
+                queue,
+                index,
+                handle,
+                bytesused,
+                timestamp,
+                flags,
+            } => {
                 let queued = self.queue_mut(queue).buffers.len();
                 let fault = match self.mapped.get(&handle) {
-                    None => Some(format!("{queue} buffer {index}: region handle {handle} is not mapped")),
-                    Some(r) if bytesused as usize > r.size() => {
-                        Some(format!("{queue} buffer {index}: bytesused {bytesused} exceeds the {}-byte region", r.size()))
-                    }
+                    None => Some(format!(
+                        "{queue} buffer {index}: region handle {handle} is not mapped"
+                    )),
+                    Some(r) if bytesused as usize > r.size() => Some(format!(
+                        "{queue} buffer {index}: bytesused {bytesused} exceeds the {}-byte region",
+                        r.size()
+                    )),
                     Some(_) if queued >= MAX_QUEUED => {
                         Some(format!("{queue} already holds {MAX_QUEUED} buffers"))
                     }
@@ -174,19 +233,29 @@ impl FwSession {
                 };
                 if let Some(text) = fault {
                     // Not queued: hand it straight back, flagged.
-                    outbox.post(self.id, 0, Response::BufferDone {
-                        queue,
-                        index,
-                        bytesused: 0,
-                        timestamp,
-                        flags: BufferFlags::ERROR,
-                        sequence: 0,
-                        error: text,
-                    });
+                    outbox.post(
+                        self.id,
+                        0,
+                        Response::BufferDone {
+                            queue,
+                            index,
+                            bytesused: 0,
+                            timestamp,
+                            flags: BufferFlags::ERROR,
+                            sequence: 0,
+                            error: text,
+                        },
+                    );
                     return Ok(None);
                 }
                 let region = self.mapped[&handle].clone();
-                let mut buf = QueuedBuffer { index, region, bytesused: bytesused as usize, timestamp, flags };
+                let mut buf = QueuedBuffer {
+                    index,
+                    region,
+                    bytesused: bytesused as usize,
+                    timestamp,
+                    flags,
+                };
                 if let Engine::Encoder(e) = &mut self.engine
                     && queue == QueueKind::Output
                 {
@@ -196,7 +265,9 @@ impl FwSession {
                 Ok(None)
             }
             Command::StreamOn { queue } => {
-                if self.queue_mut(queue).format.is_none() && !(queue == QueueKind::Output && matches!(self.engine, Engine::Decoder(_))) {
+                if self.queue_mut(queue).format.is_none()
+                    && !(queue == QueueKind::Output && matches!(self.engine, Engine::Decoder(_)))
+                {
                     return Err((Status::BadState, format!("{queue} has no format")));
                 }
                 self.queue_mut(queue).streaming = true;
@@ -245,7 +316,10 @@ impl FwSession {
 
     /// Does whatever work the queues allow right now.
     pub(crate) fn run(&mut self, faults: &Faults, outbox: &mut Outbox) {
-        let mut sink = Sink { id: self.id, outbox };
+        let mut sink = Sink {
+            id: self.id,
+            outbox,
+        };
         match &mut self.engine {
             Engine::Decoder(d) => d.run(&mut self.output, &mut self.capture, faults, &mut sink),
             Engine::Encoder(e) => e.run(&mut self.output, &mut self.capture, faults, &mut sink),
@@ -255,7 +329,10 @@ impl FwSession {
 
 /// Open and Close are handled by the core before a session is looked up.
 fn unreachable_command() -> Result<Option<()>, (Status, String)> {
-    Err((Status::BadState, "session-level command routed to the core".into()))
+    Err((
+        Status::BadState,
+        "session-level command routed to the core".into(),
+    ))
 }
 
 /// Control ids for messages.
