@@ -642,3 +642,13 @@ fn bad_requests_get_clear_errors() {
     assert_eq!(e.buffer.index, 9, "a failed queue hands the buffer back");
     assert!(e.to_string().contains("index 9"), "{e}");
 }
+
+#[test]
+fn a_slow_core_is_not_mistaken_for_a_hung_one() {
+    let vpu = vpu_with(Duration::from_millis(400), false);
+    vpu.faults().set_frame_delay(Duration::from_millis(60));
+    let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
+    let coded = encode(&vpu, &raw, &frames(&raw, 6), &[]);
+    let chunks: Vec<(u64, &[u8])> = coded.iter().map(|c| (c.timestamp, &c.data[..])).collect();
+    assert_eq!(decode(&vpu, &chunks).len(), 6);
+}
