@@ -1060,3 +1060,114 @@ impl Drop for EmuSession {
         lock(&self.vpu.core.sessions).remove(&self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> (EmuVpu, EmuSession) {
+        let vpu = EmuVpu::new(EmuConfig {
+            backend: DmaBackend::Memfd,
+            ..EmuConfig::default()
+        })
+        .unwrap();
+        let s = vpu.open_session(Role::Decoder, PixelFormat::Fwht).unwrap();
+        (vpu, s)
+    }
+
+    /// Delivers a response as if the interrupt thread had read it from the ring.
+    fn inject(s: &EmuSession, r: Response) {
+        s.vpu.core.dispatch(&r.encode(s.id, 0));
+    }
+
+    fn done(queue: QueueKind, index: u32, bytesused: u32) -> Response {
+        Response::BufferDone {
+            queue,
+            index,
+            bytesused,
+            timestamp: 0,
+            flags: BufferFlags::NONE,
+            sequence: 0,
+            error: String::new(),
+        }
+    }
+
+    #[test]
+    fn buffer_index_beyond_the_queue_is_refused() {
+        let (_vpu, s) = session();
+        inject(&s, done(QueueKind::Capture, 99, 0));
+        let e = s.wait_event(Duration::from_secs(1)).unwrap_err();
+        assert!(
+            e.to_string().contains("CAPTURE buffer 99, the queue has 0"),
+            "{e}"
+        );
+        // The session stays failed.
+        assert!(s.wait_event(Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn buffer_the_host_never_queued_is_refused() {
+        let (_vpu, s) = session();
+        s.set_format(QueueKind::Output, &Format::coded(PixelFormat::Fwht, 64, 64))
+            .unwrap();
+        let _bufs = s
+            .allocate_buffers(QueueKind::Output, 2, Memory::Allocate(Coherency::Coherent))
+            .unwrap();
+        inject(&s, done(QueueKind::Output, 1, 0));
+        let e = s.wait_event(Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("had not queued"), "{e}");
+    }
+
+    #[test]
+    fn bytesused_beyond_the_buffer_is_refused() {
+        let (vpu, s) = session();
+        s.set_format(QueueKind::Output, &Format::coded(PixelFormat::Fwht, 64, 64))
+            .unwrap();
+        let mut bufs = s
+            .allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent))
+            .unwrap();
+        s.stream_on(QueueKind::Output).unwrap();
+        let size = bufs[0].region.size();
+        // A hung core keeps the buffer, so only the forged completion comes back.
+        vpu.faults().set_hang(true);
+        let mut b = bufs.remove(0);
+        b.bytesused = 1;
+        s.queue(b).unwrap();
+        inject(&s, done(QueueKind::Output, 0, size as u32 + 1));
+        let e = s.wait_event(Duration::from_secs(1)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("{} bytes in OUTPUT buffer 0", size + 1)),
+            "{e}"
+        );
+        vpu.faults().set_hang(false);
+    }
+
+    #[test]
+    fn source_change_to_an_unknown_format_is_refused() {
+        let (_vpu, s) = session();
+        inject(
+            &s,
+            Response::SourceChange {
+                fourcc: u32::from_le_bytes(*b"ZZZZ"),
+                width: 64,
+                height: 64,
+                colorimetry: Colorimetry::default(),
+                min_buffers: 1,
+                formats: vec![],
+            },
+        );
+        let e = s.wait_event(Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("not a raw format"), "{e}");
+    }
+
+    #[test]
+    fn responses_for_unknown_sessions_are_dropped() {
+        let (vpu, s) = session();
+        let mut msg = done(QueueKind::Capture, 0, 0).encode(s.id + 1000, 0);
+        vpu.inner.core.dispatch(&msg);
+        msg.session = 0;
+        vpu.inner.core.dispatch(&msg);
+        assert!(s.wait_event(Duration::from_millis(50)).unwrap().is_none());
+    }
+}

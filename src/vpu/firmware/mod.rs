@@ -261,7 +261,8 @@ impl Core {
             }
             let mut msg = response.encode(session, seq);
             if Faults::take(&faults.corrupt_responses) {
-                msg.opcode ^= 0x5a5a_0000;
+                // Keep the opcode so the host's field checks (queue, index,
+                // size, status) are what must catch it.
                 for a in msg.args.iter_mut() {
                     *a = a.wrapping_mul(0x9e37_79b9).wrapping_add(0xdead);
                 }
