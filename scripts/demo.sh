@@ -11,5 +11,6 @@ step() { printf '\n==> %s\n' "$*"; "$@"; }
 step cargo build --locked --release
 # GStreamer finds the plugin by GST_PLUGIN_PATH; a plugin that fails to load
 # makes gst-inspect-1.0 exit non-zero, which stops the demo here.
-GST_PLUGIN_PATH=$PWD/target/release step gst-inspect-1.0 rsvpu
+target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+GST_PLUGIN_PATH=$target_dir/release step gst-inspect-1.0 rsvpu
 step cargo run --locked --release --example fwht_roundtrip
