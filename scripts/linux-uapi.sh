@@ -11,9 +11,10 @@
 #
 #   scripts/linux-uapi.sh [OUTDIR]     (default: <repo>/.deps/linux-uapi)
 #
-# OUTDIR then holds linux/{videodev2.h,v4l2-common.h,v4l2-controls.h}, a copy of videodev2.h at its
-# top (v4l2r's build.rs watches $V4L2R_VIDEODEV2_H_PATH/videodev2.h, while its
-# wrapper includes <linux/videodev2.h>) and VERSION. .cargo/config.toml points
+# OUTDIR then holds linux/{videodev2.h,v4l2-common.h,v4l2-controls.h}, a copy
+# of videodev2.h at its top (v4l2r's build.rs watches
+# $V4L2R_VIDEODEV2_H_PATH/videodev2.h, while its wrapper includes
+# <linux/videodev2.h>) and VERSION. .cargo/config.toml points
 # V4L2R_VIDEODEV2_H_PATH here; every other <linux/...> header (types.h,
 # ioctl.h, const.h) still comes from the system and is ABI-stable.
 # Needs: linux-source-6.12, xz-utils, a C compiler (scripts/setup.sh installs them).

@@ -9,7 +9,7 @@
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-min_rust=1.92
+min_rust=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$repo/Cargo.toml")
 
 packages=(
   # GStreamer 1.22: headers for the -sys crates, gst-inspect/gst-launch, and
@@ -43,7 +43,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   echo "setup.sh: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
   "${as_root[@]}" apt-get update -q
   "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -q --no-install-recommends "${missing[@]}"

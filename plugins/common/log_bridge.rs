@@ -23,7 +23,7 @@
 use std::sync::{LazyLock, OnceLock};
 
 /// The debug category that receives every `log` record of the process.
-pub(crate) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
         "rsvpu",
         gst::DebugColorFlags::empty(),
