@@ -13,9 +13,14 @@ pub mod mem;
 pub mod sys;
 pub mod vpu;
 
+#[path = "../plugins/common/log_bridge.rs"]
+mod log_bridge;
+
 use gst::glib;
 
 fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // Before anything else, so that whatever registration logs is kept.
+    log_bridge::install();
     Ok(())
 }
 

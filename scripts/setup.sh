@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# setup.sh -- make a Debian 12 machine ready to build and test gst-vpu.
+#
+# Idempotent: installs only the Debian packages that are missing (one
+# `apt-get update`, only when something must be installed), checks the Rust
+# toolchain (rustup's; never installed from apt), and generates the Linux 6.12
+# V4L2 uapi headers that v4l2r needs (scripts/linux-uapi.sh). Runs as root, or
+# through sudo otherwise. A second run on a ready machine changes nothing.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+min_rust=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$repo/Cargo.toml")
+
+packages=(
+  # GStreamer 1.22: headers for the -sys crates, gst-inspect/gst-launch, and
+  # the peer elements that tests and benchmarks put beside ours.
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  # Building: C toolchain (linking, openh264's C++), pkg-config for the -sys
+  # crates, libclang for v4l2r's bindgen, nasm for openh264, meson/ninja.
+  build-essential pkg-config libclang-dev nasm meson ninja-build git ca-certificates
+  # Linux 6.12 uapi headers for v4l2r 0.0.8 (see README, "Why v4l2r 0.0.8").
+  linux-source-6.12 xz-utils
+)
+
+installed() {
+  [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
+}
+
+missing=()
+for p in "${packages[@]}"; do
+  installed "$p" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null 2>&1; then
+    as_root=(sudo)
+  else
+    echo "setup.sh: not root and no sudo; as root, run: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "setup.sh: installing ${missing[*]}"
+  "${as_root[@]}" apt-get update -q
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Rust: rustup's toolchain, >= rust-version in Cargo.toml, with rustfmt and
+# clippy (scripts/test.sh runs both).
+if ! command -v cargo >/dev/null 2>&1 || ! command -v rustc >/dev/null 2>&1; then
+  echo "setup.sh: no Rust toolchain on PATH; install rustup (https://rustup.rs)," \
+    "then: rustup toolchain install stable" >&2
+  exit 1
+fi
+have_rust=$(rustc --version | awk '{print $2}')
+if [ "$(printf '%s\n%s\n' "$min_rust" "${have_rust%%-*}" | sort -V | head -n1)" != "$min_rust" ]; then
+  echo "setup.sh: rustc $have_rust is older than $min_rust; run: rustup update stable" >&2
+  exit 1
+fi
+for component in rustfmt clippy; do
+  tool=${component/rustfmt/fmt}
+  if ! cargo "$tool" --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+      rustup component add "$component"
+    else
+      echo "setup.sh: cargo $tool is missing and there is no rustup to add it" >&2
+      exit 1
+    fi
+  fi
+done
+
+"$repo/scripts/linux-uapi.sh"
+echo "setup.sh: ready (Debian packages present, rustc $have_rust, $(cat "$repo/.deps/linux-uapi/VERSION") uapi headers)"
