@@ -20,9 +20,13 @@ packages=(
   # Building: C toolchain (linking, openh264's C++), pkg-config for the -sys
   # crates, libclang for v4l2r's bindgen, nasm for openh264, meson/ninja.
   build-essential pkg-config libclang-dev nasm meson ninja-build git ca-certificates
-  # Linux 6.12 uapi headers for v4l2r 0.0.8 (see README, "Why v4l2r 0.0.8").
-  linux-source-6.12 xz-utils
+  xz-utils
 )
+# Linux 6.12 uapi headers for v4l2r 0.0.8 (see README, "Why v4l2r 0.0.8"),
+# pinned to the version ../shared/vm builds its kernel modules from: that
+# script installs exactly this version, and apt refuses to downgrade, so any
+# other version here would break the VM tests.
+ksrc_version=${VMBED_DEBVER:-6.12.107-1~deb12u1}
 
 installed() {
   [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
@@ -32,6 +36,7 @@ missing=()
 for p in "${packages[@]}"; do
   installed "$p" || missing+=("$p")
 done
+installed linux-source-6.12 || missing+=("linux-source-6.12=$ksrc_version")
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
