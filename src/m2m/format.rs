@@ -35,14 +35,14 @@ pub enum PixelFormat {
     Rgb24 = fourcc(b"RGB3"),
     /// 24-bit B, G, R in memory order (`BGR3`).
     Bgr24 = fourcc(b"BGR3"),
-    /// 32-bit B, G, R, X in memory order (`XR24`, GStreamer BGRx).
-    Xrgb32 = fourcc(b"XR24"),
-    /// 32-bit X, R, G, B in memory order (`BX24`, GStreamer xRGB).
-    Bgrx32 = fourcc(b"BX24"),
-    /// 32-bit R, G, B, X in memory order (`XB24`, GStreamer RGBx).
-    Xbgr32 = fourcc(b"XB24"),
-    /// 32-bit X, B, G, R in memory order (`RX24`, GStreamer xBGR).
-    Rgbx32 = fourcc(b"RX24"),
+    /// V4L2 XBGR32 (`XR24`): 32-bit B, G, R, X in memory order (GStreamer BGRx).
+    Xbgr32 = fourcc(b"XR24"),
+    /// V4L2 XRGB32 (`BX24`): 32-bit X, R, G, B in memory order (GStreamer xRGB).
+    Xrgb32 = fourcc(b"BX24"),
+    /// V4L2 RGBX32 (`XB24`): 32-bit R, G, B, X in memory order (GStreamer RGBx).
+    Rgbx32 = fourcc(b"XB24"),
+    /// V4L2 BGRX32 (`RX24`): 32-bit X, B, G, R in memory order (GStreamer xBGR).
+    Bgrx32 = fourcc(b"RX24"),
 }
 
 /// Packs four ASCII bytes into a little-endian FourCC, as `v4l2_fourcc()` does.
@@ -66,10 +66,10 @@ impl PixelFormat {
         PixelFormat::Grey,
         PixelFormat::Rgb24,
         PixelFormat::Bgr24,
-        PixelFormat::Xrgb32,
-        PixelFormat::Bgrx32,
         PixelFormat::Xbgr32,
+        PixelFormat::Xrgb32,
         PixelFormat::Rgbx32,
+        PixelFormat::Bgrx32,
     ];
 
     /// The V4L2 FourCC code.

@@ -43,7 +43,7 @@ impl RawLayoutInfo {
                 P::Nv16 => (1, 2, 1, 2, 1, 2),
                 P::Yuyv | P::Uyvy => (2, 2, 1, 2, 1, 1),
                 P::Rgb24 | P::Bgr24 => (3, 3, 1, 1, 1, 1),
-                P::Xrgb32 | P::Bgrx32 | P::Xbgr32 | P::Rgbx32 => (4, 4, 1, 1, 1, 1),
+                P::Xbgr32 | P::Xrgb32 | P::Rgbx32 | P::Bgrx32 => (4, 4, 1, 1, 1, 1),
                 P::Grey => (1, 1, 1, 1, 1, 1),
                 P::Fwht | P::H264 => return None,
             };

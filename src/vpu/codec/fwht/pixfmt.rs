@@ -114,10 +114,10 @@ pub(crate) const PIX_INFOS: &[PixInfo] = &[
     info(P::Uyvy, 2, 1, Yuv, UYVY),
     info(P::Bgr24, 1, 1, Rgb, BGR24),
     info(P::Rgb24, 1, 1, Rgb, RGB24),
-    info(P::Xrgb32, 1, 1, Rgb, BGRX),
-    info(P::Bgrx32, 1, 1, Rgb, XRGB),
-    info(P::Xbgr32, 1, 1, Rgb, RGBX),
-    info(P::Rgbx32, 1, 1, Rgb, XBGR),
+    info(P::Xbgr32, 1, 1, Rgb, BGRX),
+    info(P::Xrgb32, 1, 1, Rgb, XRGB),
+    info(P::Rgbx32, 1, 1, Rgb, RGBX),
+    info(P::Bgrx32, 1, 1, Rgb, XBGR),
     info(P::Grey, 1, 1, Rgb, GREY),
 ];
 

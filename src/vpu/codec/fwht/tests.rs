@@ -15,10 +15,10 @@ const ALL_RAW: &[PixelFormat] = &[
     PixelFormat::Grey,
     PixelFormat::Rgb24,
     PixelFormat::Bgr24,
-    PixelFormat::Xrgb32,
-    PixelFormat::Bgrx32,
     PixelFormat::Xbgr32,
+    PixelFormat::Xrgb32,
     PixelFormat::Rgbx32,
+    PixelFormat::Bgrx32,
 ];
 
 fn encode_frames(fmt: &Format, params: EncoderParams, n: u32) -> Vec<(Vec<u8>, bool)> {
@@ -244,6 +244,6 @@ fn capture_format_preferences() {
     };
     assert_eq!(capture_formats(&hdr(0xa0000))[0], PixelFormat::I420);
     assert_eq!(capture_formats(&hdr(0x120180))[0], PixelFormat::Bgr24);
-    assert_eq!(capture_formats(&hdr(0x130180))[0], PixelFormat::Xrgb32);
+    assert_eq!(capture_formats(&hdr(0x130180))[0], PixelFormat::Xbgr32);
     assert_eq!(capture_formats(&hdr(0x100180)), vec![PixelFormat::Grey]);
 }
