@@ -170,6 +170,9 @@ mod tests {
     fn coded_and_invalid() {
         assert!(Format::raw(PixelFormat::Fwht, 640, 480).is_none());
         assert!(Format::raw(PixelFormat::I420, 0, 480).is_none());
-        assert_eq!(Format::coded(PixelFormat::Fwht, 640, 480).size, 640 * 480 * 4 + 44);
+        assert_eq!(
+            Format::coded(PixelFormat::Fwht, 640, 480).size,
+            640 * 480 * 4 + 44
+        );
     }
 }

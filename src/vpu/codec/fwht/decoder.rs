@@ -50,7 +50,12 @@ impl FwhtDecoder {
     }
 
     /// Decodes `frame` (header + payload) into `dst`, laid out per `raw`.
-    pub fn decode(&mut self, frame: &[u8], raw: &Format, dst: &mut [u8]) -> Result<Decoded, FwhtError> {
+    pub fn decode(
+        &mut self,
+        frame: &[u8],
+        raw: &Format,
+        dst: &mut [u8],
+    ) -> Result<Decoded, FwhtError> {
         let h = parse_header(frame)?;
         let (info, geoms) = plane_geoms(raw)?;
         check_match(&h, info, raw)?;
@@ -70,14 +75,15 @@ impl FwhtDecoder {
                 height: h.height,
             });
         }
-        let payload = frame
-            .get(HEADER_SIZE..h.frame_size())
-            .ok_or(FwhtError::TruncatedPayload {
-                width: h.width,
-                height: h.height,
-                size: h.payload_size,
-                found: frame.len().saturating_sub(HEADER_SIZE),
-            })?;
+        let payload =
+            frame
+                .get(HEADER_SIZE..h.frame_size())
+                .ok_or(FwhtError::TruncatedPayload {
+                    width: h.width,
+                    height: h.height,
+                    size: h.payload_size,
+                    found: frame.len().saturating_sub(HEADER_SIZE),
+                })?;
         let reference = match &self.reference {
             Some(r) if r.format == *raw => Some(r),
             Some(_) | None if !h.is_keyframe() => return Err(FwhtError::NoReference),
@@ -88,7 +94,10 @@ impl FwhtDecoder {
             Some(p) if p.format == *raw => p,
             _ => Planes {
                 format: raw.clone(),
-                planes: geoms.iter().map(|g| vec![0u8; g.width * g.height]).collect(),
+                planes: geoms
+                    .iter()
+                    .map(|g| vec![0u8; g.width * g.height])
+                    .collect(),
             },
         };
         let mut reader = HalfwordReader::new(payload);

@@ -48,7 +48,10 @@ impl FwhtEncoder {
     pub fn new(raw: &Format, params: EncoderParams) -> Result<Self, FwhtError> {
         params.validate()?;
         let (info, geoms) = plane_geoms(raw)?;
-        let reference = geoms.iter().map(|g| vec![0u8; g.width * g.height]).collect();
+        let reference = geoms
+            .iter()
+            .map(|g| vec![0u8; g.width * g.height])
+            .collect();
         let mut colorimetry = raw.colorimetry;
         if colorimetry.colorspace == 0 {
             colorimetry.colorspace = COLORSPACE_REC709;
@@ -107,7 +110,15 @@ impl FwhtEncoder {
         let mut predicted = false;
         let mut fl = 0u32;
         for (g, reference) in self.geoms.iter().zip(self.reference.iter_mut()) {
-            let r = encode_plane(src, g, reference, &mut self.out, is_intra, next_is_intra, qp);
+            let r = encode_plane(
+                src,
+                g,
+                reference,
+                &mut self.out,
+                is_intra,
+                next_is_intra,
+                qp,
+            );
             predicted |= r.predicted;
             if r.raw {
                 fl |= match g.slot {
@@ -292,5 +303,8 @@ fn encode_plane_step<const STEP: usize>(
             raw: true,
         };
     }
-    PlaneResult { predicted, raw: false }
+    PlaneResult {
+        predicted,
+        raw: false,
+    }
 }

@@ -128,9 +128,9 @@ pub fn parse_header(buf: &[u8]) -> Result<FwhtHeader, FwhtError> {
         pixel_encoding,
     };
     let (wd, hd) = (h.chroma_width_div(), h.chroma_height_div());
-    let known = VICODEC_SIGNATURES
-        .iter()
-        .any(|&(w, hh, n, e)| w == wd && hh == hd && n == components && pixel_encoding.is_none_or(|p| p == e));
+    let known = VICODEC_SIGNATURES.iter().any(|&(w, hh, n, e)| {
+        w == wd && hh == hd && n == components && pixel_encoding.is_none_or(|p| p == e)
+    });
     if !known {
         return Err(FwhtError::BadFlags {
             flags: flags_word,
@@ -148,12 +148,20 @@ impl FwhtHeader {
 
     /// Horizontal chroma subsampling divisor (1 or 2).
     pub fn chroma_width_div(&self) -> u32 {
-        if self.flags & flags::CHROMA_FULL_WIDTH != 0 { 1 } else { 2 }
+        if self.flags & flags::CHROMA_FULL_WIDTH != 0 {
+            1
+        } else {
+            2
+        }
     }
 
     /// Vertical chroma subsampling divisor (1 or 2).
     pub fn chroma_height_div(&self) -> u32 {
-        if self.flags & flags::CHROMA_FULL_HEIGHT != 0 { 1 } else { 2 }
+        if self.flags & flags::CHROMA_FULL_HEIGHT != 0 {
+            1
+        } else {
+            2
+        }
     }
 
     /// Largest payload a frame of this geometry may carry: the raw size of all
@@ -231,23 +239,38 @@ mod tests {
     #[test]
     fn rejects_bad_headers() {
         let good = i420_header().to_bytes();
-        assert!(matches!(parse_header(&good[..43]), Err(FwhtError::TruncatedHeader { found: 43 })));
+        assert!(matches!(
+            parse_header(&good[..43]),
+            Err(FwhtError::TruncatedHeader { found: 43 })
+        ));
         let mut b = good;
         b[4] = 0;
         assert!(matches!(parse_header(&b), Err(FwhtError::BadMagic { .. })));
         let mut b = good;
         b[11] = 4;
-        assert!(matches!(parse_header(&b), Err(FwhtError::UnsupportedVersion { version: 4 })));
+        assert!(matches!(
+            parse_header(&b),
+            Err(FwhtError::UnsupportedVersion { version: 4 })
+        ));
         let mut b = good;
         b[12..16].fill(0);
-        assert!(matches!(parse_header(&b), Err(FwhtError::BadDimensions { width: 0, .. })));
+        assert!(matches!(
+            parse_header(&b),
+            Err(FwhtError::BadDimensions { width: 0, .. })
+        ));
         // Five components.
         let mut h = i420_header();
         h.flags = (4 << 16) | PixelEncoding::Yuv.bits();
-        assert!(matches!(parse_header(&h.to_bytes()), Err(FwhtError::BadFlags { .. })));
+        assert!(matches!(
+            parse_header(&h.to_bytes()),
+            Err(FwhtError::BadFlags { .. })
+        ));
         // No pixel encoding.
         h.flags = 2 << 16;
-        assert!(matches!(parse_header(&h.to_bytes()), Err(FwhtError::BadFlags { .. })));
+        assert!(matches!(
+            parse_header(&h.to_bytes()),
+            Err(FwhtError::BadFlags { .. })
+        ));
     }
 
     #[test]

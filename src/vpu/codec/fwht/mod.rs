@@ -75,7 +75,12 @@ impl EncoderParams {
             if (min..=max).contains(&value) {
                 Ok(())
             } else {
-                Err(FwhtError::InvalidParam { name, value, min, max })
+                Err(FwhtError::InvalidParam {
+                    name,
+                    value,
+                    min,
+                    max,
+                })
             }
         };
         check("gop_size", self.gop_size, Self::GOP_SIZE_RANGE)?;
@@ -124,14 +129,18 @@ pub enum FwhtError {
     BadDimensions { width: u32, height: u32 },
     #[error("invalid FWHT flags {flags:#x}: {reason}")]
     BadFlags { flags: u32, reason: &'static str },
-    #[error("FWHT header says {width}x{height} with a {size}-byte payload but the buffer holds {found} payload bytes")]
+    #[error(
+        "FWHT header says {width}x{height} with a {size}-byte payload but the buffer holds {found} payload bytes"
+    )]
     TruncatedPayload {
         width: u32,
         height: u32,
         size: u32,
         found: usize,
     },
-    #[error("FWHT header says a {size}-byte payload, more than the {max} bytes a raw {width}x{height} frame takes")]
+    #[error(
+        "FWHT header says a {size}-byte payload, more than the {max} bytes a raw {width}x{height} frame takes"
+    )]
     PayloadTooLarge {
         size: u32,
         max: usize,
@@ -143,7 +152,10 @@ pub enum FwhtError {
     #[error("predicted FWHT frame without a reference frame: decoding must start at an I-frame")]
     NoReference,
     #[error("corrupt FWHT payload in the {plane} plane: {reason}")]
-    CorruptPayload { plane: &'static str, reason: &'static str },
+    CorruptPayload {
+        plane: &'static str,
+        reason: &'static str,
+    },
 }
 
 /// CAPTURE formats a stream with header `h` decodes to, preferred first, in

@@ -200,7 +200,11 @@ pub(crate) fn plane_geoms(fmt: &Format) -> Result<(&'static PixInfo, Vec<PlaneGe
         let (wd, hd) = info.divs(comp.slot);
         let plane = fmt.planes.get(comp.plane).ok_or(FwhtError::BadLayout {
             format: fmt.pixelformat,
-            reason: format!("needs plane {} but the format has {}", comp.plane, fmt.planes.len()),
+            reason: format!(
+                "needs plane {} but the format has {}",
+                comp.plane,
+                fmt.planes.len()
+            ),
         })?;
         let vis_w = (fmt.width / wd) as usize;
         let vis_h = (fmt.height / hd) as usize;

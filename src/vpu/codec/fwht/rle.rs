@@ -133,7 +133,11 @@ mod tests {
 
     fn round_trip(coeffs: &Block, predicted: bool) -> usize {
         let coded = encode_block(coeffs, predicted);
-        let bytes: Vec<u8> = coded.as_slice().iter().flat_map(|w| w.to_be_bytes()).collect();
+        let bytes: Vec<u8> = coded
+            .as_slice()
+            .iter()
+            .flat_map(|w| w.to_be_bytes())
+            .collect();
         let mut r = HalfwordReader::new(&bytes);
         let mut out = [1i16; 64];
         let stat = r.decode_block(&mut out).unwrap();
@@ -169,7 +173,13 @@ mod tests {
     #[test]
     fn truncated_and_bad_header() {
         let mut out = [0i16; 64];
-        assert_eq!(HalfwordReader::new(&[0, 0, 0]).decode_block(&mut out), Err(BlockError::Truncated));
-        assert_eq!(HalfwordReader::new(&[0x40, 0, 0, 15]).decode_block(&mut out), Err(BlockError::BadHeader));
+        assert_eq!(
+            HalfwordReader::new(&[0, 0, 0]).decode_block(&mut out),
+            Err(BlockError::Truncated)
+        );
+        assert_eq!(
+            HalfwordReader::new(&[0x40, 0, 0, 15]).decode_block(&mut out),
+            Err(BlockError::BadHeader)
+        );
     }
 }

@@ -184,7 +184,17 @@ mod tests {
         s.push(&bad);
         s.push(&good);
         let e = s.next_frame().unwrap().unwrap_err();
-        assert!(matches!(e, FwhtError::PayloadTooLarge { size: 65535, max: 384, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                FwhtError::PayloadTooLarge {
+                    size: 65535,
+                    max: 384,
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert_eq!(s.next_frame().unwrap().unwrap(), good);
         assert!(s.next_frame().is_none());
     }

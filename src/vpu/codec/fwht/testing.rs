@@ -38,7 +38,11 @@ fn rgb_at(width: u32, height: u32, n: u32, x: u32, y: u32) -> (u8, u8, u8) {
         return BARS[idx as usize];
     }
     let d2 = (fx - cx).powi(2) + (fy - cy).powi(2);
-    if d2 <= r * r { (255, 255, 255) } else { (0, 0, 0) }
+    if d2 <= r * r {
+        (255, 255, 255)
+    } else {
+        (0, 0, 0)
+    }
 }
 
 /// BT.601 limited-range Y, Cb, Cr of an RGB triple.
@@ -47,7 +51,11 @@ fn yuv(r: u8, g: u8, b: u8) -> (u8, u8, u8) {
     let y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16;
     let u = ((-38 * r - 74 * g + 112 * b + 128) >> 8) + 128;
     let v = ((112 * r - 94 * g - 18 * b + 128) >> 8) + 128;
-    (y.clamp(0, 255) as u8, u.clamp(0, 255) as u8, v.clamp(0, 255) as u8)
+    (
+        y.clamp(0, 255) as u8,
+        u.clamp(0, 255) as u8,
+        v.clamp(0, 255) as u8,
+    )
 }
 
 /// Fills `dst` (laid out per `raw`) with frame `frame_index` of the moving

@@ -67,8 +67,12 @@ fn round_trip_every_format_and_odd_sizes() {
             let mut dst = vec![0u8; fmt.size];
             for (i, (f, key)) in frames.iter().enumerate() {
                 let hdr = parse_header(f).unwrap();
-                assert_eq!(capture_formats(&hdr).first().is_some(), true);
-                assert!(capture_formats(&hdr).contains(&pf), "{pf} not in {:?}", capture_formats(&hdr));
+                assert!(!capture_formats(&hdr).is_empty());
+                assert!(
+                    capture_formats(&hdr).contains(&pf),
+                    "{pf} not in {:?}",
+                    capture_formats(&hdr)
+                );
                 let d = dec.decode(f, &fmt, &mut dst).unwrap();
                 assert_eq!(d.keyframe, *key);
                 test_pattern(&fmt, i as u32, &mut src);
@@ -93,19 +97,42 @@ fn gop_and_params() {
     // Frame 0 intra; P-frames follow unless nothing was predicted.
     assert!(frames[0].1);
     assert!(frames[4].1 || frames[8].1 || frames.iter().filter(|f| f.1).count() >= 2);
-    assert!(FwhtEncoder::new(&fmt, EncoderParams { gop_size: 0, ..Default::default() }).is_err());
+    assert!(
+        FwhtEncoder::new(
+            &fmt,
+            EncoderParams {
+                gop_size: 0,
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
     let mut enc = FwhtEncoder::new(&fmt, EncoderParams::default()).unwrap();
     assert!(matches!(
-        enc.set_params(EncoderParams { i_frame_qp: 32, ..Default::default() }),
-        Err(FwhtError::InvalidParam { name: "i_frame_qp", value: 32, min: 1, max: 31 })
+        enc.set_params(EncoderParams {
+            i_frame_qp: 32,
+            ..Default::default()
+        }),
+        Err(FwhtError::InvalidParam {
+            name: "i_frame_qp",
+            value: 32,
+            min: 1,
+            max: 31
+        })
     ));
     let src = vec![0u8; fmt.size];
     let mut dst = vec![0u8; FwhtEncoder::max_frame_size(&fmt)];
     assert!(enc.encode(&src, &mut dst).unwrap().keyframe);
     enc.force_keyframe();
     assert!(enc.encode(&src, &mut dst).unwrap().keyframe);
-    assert!(matches!(enc.encode(&src[..10], &mut dst), Err(FwhtError::BufferTooSmall { .. })));
-    assert!(matches!(enc.encode(&src, &mut dst[..50]), Err(FwhtError::BufferTooSmall { .. })));
+    assert!(matches!(
+        enc.encode(&src[..10], &mut dst),
+        Err(FwhtError::BufferTooSmall { .. })
+    ));
+    assert!(matches!(
+        enc.encode(&src, &mut dst[..50]),
+        Err(FwhtError::BufferTooSmall { .. })
+    ));
 }
 
 #[test]
@@ -118,25 +145,44 @@ fn errors_instead_of_panics() {
 
     // P-frame with no reference.
     let mut dec = FwhtDecoder::new();
-    assert_eq!(dec.decode(p_frame, &fmt, &mut dst), Err(FwhtError::NoReference));
+    assert_eq!(
+        dec.decode(p_frame, &fmt, &mut dst),
+        Err(FwhtError::NoReference)
+    );
     // Every truncation is an error.
     for cut in [0, 10, 43, 44, 45, i_frame.len() / 2, i_frame.len() - 1] {
-        assert!(dec.decode(&i_frame[..cut], &fmt, &mut dst).is_err(), "cut {cut}");
+        assert!(
+            dec.decode(&i_frame[..cut], &fmt, &mut dst).is_err(),
+            "cut {cut}"
+        );
     }
     // Mismatched CAPTURE format.
     let rgb = Format::raw(PixelFormat::Rgb24, 64, 48).unwrap();
     let mut rgb_dst = vec![0u8; rgb.size];
-    assert!(matches!(dec.decode(i_frame, &rgb, &mut rgb_dst), Err(FwhtError::FormatMismatch { .. })));
+    assert!(matches!(
+        dec.decode(i_frame, &rgb, &mut rgb_dst),
+        Err(FwhtError::FormatMismatch { .. })
+    ));
     let other = Format::raw(PixelFormat::I420, 64, 64).unwrap();
-    assert!(matches!(dec.decode(i_frame, &other, &mut dst), Err(FwhtError::FormatMismatch { .. })));
+    assert!(matches!(
+        dec.decode(i_frame, &other, &mut dst),
+        Err(FwhtError::FormatMismatch { .. })
+    ));
     // Bogus size.
     let mut big = i_frame.clone();
     big[40..44].copy_from_slice(&u32::MAX.to_be_bytes());
-    assert!(matches!(dec.decode(&big, &fmt, &mut dst), Err(FwhtError::PayloadTooLarge { .. })));
+    assert!(matches!(
+        dec.decode(&big, &fmt, &mut dst),
+        Err(FwhtError::PayloadTooLarge { .. })
+    ));
     // Corrupt payloads: flip bytes everywhere; never panic.
     let mut seed = 0x1234_5678u32;
     for _ in 0..300 {
-        let mut f = if seed & 1 == 0 { i_frame.clone() } else { p_frame.clone() };
+        let mut f = if seed & 1 == 0 {
+            i_frame.clone()
+        } else {
+            p_frame.clone()
+        };
         for _ in 0..4 {
             seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
             let pos = 44 + (seed as usize >> 8) % (f.len() - 44);
@@ -149,7 +195,10 @@ fn errors_instead_of_panics() {
     assert!(dec.decode(i_frame, &fmt, &mut dst).unwrap().keyframe);
     assert!(!dec.decode(p_frame, &fmt, &mut dst).unwrap().keyframe);
     // Too-small destination.
-    assert!(matches!(dec.decode(i_frame, &fmt, &mut dst[..100]), Err(FwhtError::BufferTooSmall { .. })));
+    assert!(matches!(
+        dec.decode(i_frame, &fmt, &mut dst[..100]),
+        Err(FwhtError::BufferTooSmall { .. })
+    ));
 }
 
 #[test]
@@ -170,7 +219,9 @@ fn noise_goes_stored_raw_and_never_contains_the_magic() {
     assert_eq!(e.bytes, 44 + 64 * 64);
     assert!(!dst[44..e.bytes].contains(&0xff));
     let mut out = vec![0u8; fmt.size];
-    FwhtDecoder::new().decode(&dst[..e.bytes], &fmt, &mut out).unwrap();
+    FwhtDecoder::new()
+        .decode(&dst[..e.bytes], &fmt, &mut out)
+        .unwrap();
     let expect: Vec<u8> = src.iter().map(|&v| v.min(0xfe)).collect();
     assert_eq!(out, expect);
 }
@@ -185,7 +236,11 @@ fn capture_format_preferences() {
         colorimetry: Default::default(),
         payload_size: 0,
         components: 1 + ((fl >> 16) & 7),
-        pixel_encoding: Some(if fl & (1 << 19) != 0 { PixelEncoding::Yuv } else { PixelEncoding::Rgb }),
+        pixel_encoding: Some(if fl & (1 << 19) != 0 {
+            PixelEncoding::Yuv
+        } else {
+            PixelEncoding::Rgb
+        }),
     };
     assert_eq!(capture_formats(&hdr(0xa0000))[0], PixelFormat::I420);
     assert_eq!(capture_formats(&hdr(0x120180))[0], PixelFormat::Bgr24);
