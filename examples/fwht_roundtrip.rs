@@ -85,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             b.region.sync_for_cpu()?;
             fwht::test_pattern(&raw, decoded, &mut reference);
             let frame = b.region.cpu_read();
-            worst_psnr = worst_psnr.min(psnr(&frame[..raw.size], &reference));
+            worst_psnr = worst_psnr.min(fwht::psnr(&frame[..raw.size], &reference));
             decoded += 1;
             Ok(())
         };
@@ -111,18 +111,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("round trip incomplete or coherency violated".into());
     }
     Ok(())
-}
-
-fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum::<f64>()
-        / a.len() as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (255.0 * 255.0 / mse).log10()
-    }
 }

@@ -127,20 +127,6 @@ fn bare_decode(stream: &[Coded], raw: &Format) -> Vec<Vec<u8>> {
         .collect()
 }
 
-fn psnr(a: &[u8], b: &[u8]) -> f64 {
-    let mse = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum::<f64>()
-        / a.len() as f64;
-    if mse == 0.0 {
-        f64::INFINITY
-    } else {
-        10.0 * (255.0 * 255.0 / mse).log10()
-    }
-}
-
 #[test]
 fn encode_decode_round_trip_matches_the_bare_codec() {
     let vpu = vpu();
@@ -198,7 +184,7 @@ fn encode_decode_round_trip_matches_the_bare_codec() {
                     d.data, reference[i],
                     "{pixfmt}: frame {i} equals the bare decoder's"
                 );
-                let p = psnr(&d.data, &input[i]);
+                let p = fwht::psnr(&d.data, &input[i]);
                 assert!(p > 28.0, "{pixfmt}: frame {i} PSNR {p:.1} dB");
             }
         }
@@ -453,37 +439,51 @@ fn corrupt_and_truncated_frames_are_buffer_errors_and_decoding_continues() {
     }
 }
 
-#[test]
-fn firmware_hang_becomes_a_timeout_within_the_watchdog_bound() {
-    let watchdog = Duration::from_millis(300);
-    let vpu = vpu_with(watchdog, false);
-    let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
+/// An encoder session for one `raw` frame: streaming, its CAPTURE buffer
+/// queued; returns the OUTPUT buffer, ready to fill and queue.
+fn one_frame_encoder(vpu: &EmuVpu, raw: &Format, output: Coherency) -> (Box<dyn Session>, Buffer) {
     let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
-    s.set_format(QueueKind::Output, &raw).unwrap();
+    s.set_format(QueueKind::Output, raw).unwrap();
     let mut outs = s
-        .allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent))
+        .allocate_buffers(QueueKind::Output, 1, Memory::Allocate(output))
         .unwrap();
     let caps = s
         .allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent))
         .unwrap();
     s.stream_on(QueueKind::Output).unwrap();
     s.stream_on(QueueKind::Capture).unwrap();
-    vpu.faults().set_hang(true);
     for c in caps {
         s.queue(c).unwrap();
     }
-    let mut b = outs.remove(0);
+    (s, outs.remove(0))
+}
+
+/// Waits for the session to fail; returns the error and how long it took.
+fn first_error(s: &dyn Session) -> (M2mError, Duration) {
+    let start = Instant::now();
+    loop {
+        match s.wait_event(Duration::from_millis(100)) {
+            Err(e) => return (e, start.elapsed()),
+            Ok(_) => assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the session never failed"
+            ),
+        }
+    }
+}
+
+#[test]
+fn firmware_hang_becomes_a_timeout_within_the_watchdog_bound() {
+    let watchdog = Duration::from_millis(300);
+    let vpu = vpu_with(watchdog, false);
+    let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
+    let (s, mut b) = one_frame_encoder(&vpu, &raw, Coherency::Coherent);
+    vpu.faults().set_hang(true);
     b.bytesused = raw.size;
     s.queue(b).unwrap();
-    let start = Instant::now();
-    let err = loop {
-        match s.wait_event(Duration::from_millis(100)) {
-            Err(e) => break e,
-            Ok(_) => assert!(start.elapsed() < Duration::from_secs(10), "no timeout"),
-        }
-    };
+    let (err, took) = first_error(s.as_ref());
     assert!(matches!(err, M2mError::Timeout(_)), "{err}");
-    assert!(start.elapsed() < watchdog * 4, "took {:?}", start.elapsed());
+    assert!(took < watchdog * 4, "took {took:?}");
     assert!(err.to_string().contains("did not answer"));
     // Commands now fail fast instead of blocking.
     assert!(s.drain().is_err());
@@ -496,34 +496,15 @@ fn dropped_and_corrupt_responses_are_errors_not_hangs() {
     let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
     for corrupt in [false, true] {
         let vpu = vpu_with(watchdog, false);
-        let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
-        s.set_format(QueueKind::Output, &raw).unwrap();
-        let mut outs = s
-            .allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent))
-            .unwrap();
-        let caps = s
-            .allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent))
-            .unwrap();
-        s.stream_on(QueueKind::Output).unwrap();
-        s.stream_on(QueueKind::Capture).unwrap();
+        let (s, mut b) = one_frame_encoder(&vpu, &raw, Coherency::Coherent);
         if corrupt {
             vpu.faults().corrupt_responses(1);
         } else {
             vpu.faults().drop_responses(2);
         }
-        for c in caps {
-            s.queue(c).unwrap();
-        }
-        let mut b = outs.remove(0);
         b.bytesused = raw.size;
         s.queue(b).unwrap();
-        let start = Instant::now();
-        let err = loop {
-            match s.wait_event(Duration::from_millis(100)) {
-                Err(e) => break e,
-                Ok(_) => assert!(start.elapsed() < Duration::from_secs(10), "no error"),
-            }
-        };
+        let (err, _) = first_error(s.as_ref());
         if corrupt {
             assert!(matches!(err, M2mError::Firmware(_)), "{err}");
             let text = err.to_string();
@@ -572,20 +553,7 @@ fn a_missing_cache_clean_is_caught_and_corrupts_like_real_hardware() {
     let vpu = vpu_with(Duration::from_secs(5), true);
     let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
     let input = frames(&raw, 1).remove(0);
-    let s = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
-    s.set_format(QueueKind::Output, &raw).unwrap();
-    let mut outs = s
-        .allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Cacheable))
-        .unwrap();
-    let caps = s
-        .allocate_buffers(QueueKind::Capture, 1, Memory::Allocate(Coherency::Coherent))
-        .unwrap();
-    s.stream_on(QueueKind::Output).unwrap();
-    s.stream_on(QueueKind::Capture).unwrap();
-    for c in caps {
-        s.queue(c).unwrap();
-    }
-    let mut b = outs.remove(0);
+    let (s, mut b) = one_frame_encoder(&vpu, &raw, Coherency::Cacheable);
     b.region.cpu_write()[..raw.size].copy_from_slice(&input);
     b.bytesused = raw.size;
     b.flags = BufferFlags::NO_CACHE_CLEAN;
@@ -611,7 +579,7 @@ fn a_missing_cache_clean_is_caught_and_corrupts_like_real_hardware() {
     let mut dec = FwhtDecoder::new();
     let mut out = vec![0; raw.size];
     dec.decode(&coded, &raw, &mut out).unwrap();
-    assert!(psnr(&out, &input) < 20.0, "stale data was encoded");
+    assert!(fwht::psnr(&out, &input) < 20.0, "stale data was encoded");
 }
 
 #[test]

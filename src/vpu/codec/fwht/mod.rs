@@ -51,7 +51,7 @@ pub use decoder::{Decoded, FwhtDecoder};
 pub use encoder::{Encoded, FwhtEncoder};
 pub use header::{FWHT_VERSION, FwhtHeader, HEADER_SIZE, PixelEncoding, flags, parse_header};
 pub use scanner::FrameScanner;
-pub use testing::test_pattern;
+pub use testing::{psnr, test_pattern};
 
 use crate::m2m::PixelFormat;
 

@@ -96,3 +96,19 @@ pub fn test_pattern(raw: &Format, frame_index: u32, dst: &mut [u8]) {
         }
     }
 }
+
+/// Peak signal-to-noise ratio of `a` against `b` in dB over their common
+/// length (8-bit samples); infinite when they are equal.
+pub fn psnr(a: &[u8], b: &[u8]) -> f64 {
+    let n = a.len().min(b.len()).max(1);
+    let sse: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
+    if sse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (255.0 * 255.0 * n as f64 / sse).log10()
+    }
+}
