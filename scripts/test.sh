@@ -11,5 +11,7 @@ step() { printf '\n==> %s\n' "$*"; "$@"; }
 # --locked: Cargo.lock is committed and must already match Cargo.toml.
 step cargo fmt --all -- --check
 step cargo clippy --locked --all-targets -- -D warnings
+# The plugin's .so for tests/plugin_load.rs (cargo test builds only the rlib).
+step cargo build --locked
 step cargo test --locked --all-targets
 step cargo test --locked --doc
