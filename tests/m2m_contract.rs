@@ -20,9 +20,11 @@ fn vpu_with(watchdog: Duration, simulate_cache: bool) -> EmuVpu {
         simulate_cache,
         ..CheckerConfig::default()
     });
+    // Real dma-bufs (dma-heap, udmabuf) where the kernel offers them, as in
+    // the VM; sealed memfds otherwise. GST_VPU_DMA_BACKEND forces one.
     EmuVpu::new(EmuConfig {
         checker,
-        backend: DmaBackend::Memfd,
+        backend: DmaBackend::probe(),
         watchdog,
         ring_slots: 64,
     })
