@@ -626,3 +626,54 @@ fn a_slow_core_is_not_mistaken_for_a_hung_one() {
     let chunks: Vec<(u64, &[u8])> = coded.iter().map(|c| (c.timestamp, &c.data[..])).collect();
     assert_eq!(decode(&vpu, &chunks).len(), 6);
 }
+
+#[test]
+fn a_drain_requested_before_capture_is_set_up_still_returns_every_frame() {
+    // EOS arrives before the client has even seen the source change: the
+    // drain must survive the CAPTURE set-up that follows.
+    let vpu = vpu();
+    let raw = Format::raw(PixelFormat::I420, 96, 64).unwrap();
+    let coded = encode(&vpu, &raw, &frames(&raw, 4), &[]);
+    let stream: Vec<u8> = coded.iter().flat_map(|c| c.data.iter().copied()).collect();
+    let s = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
+    s.set_format(QueueKind::Output, &Format::coded(PixelFormat::Fwht, 96, 64))
+        .unwrap();
+    let mut outs = s
+        .allocate_buffers(QueueKind::Output, 1, Memory::Allocate(Coherency::Coherent))
+        .unwrap();
+    s.stream_on(QueueKind::Output).unwrap();
+    let mut b = outs.remove(0);
+    b.region.cpu_write()[..stream.len()].copy_from_slice(&stream);
+    b.bytesused = stream.len();
+    s.queue(b).unwrap();
+    s.drain().unwrap();
+    let mut decoded = 0;
+    loop {
+        match s
+            .wait_event(Duration::from_secs(5))
+            .unwrap()
+            .expect("the drain must finish")
+        {
+            Event::SourceChange(sc) => {
+                s.set_format(QueueKind::Capture, &sc.format).unwrap();
+                let caps = s
+                    .allocate_buffers(QueueKind::Capture, 2, Memory::Allocate(Coherency::Coherent))
+                    .unwrap();
+                s.stream_on(QueueKind::Capture).unwrap();
+                for c in caps {
+                    s.queue(c).unwrap();
+                }
+            }
+            Event::BufferDone(b) if b.queue == QueueKind::Capture => {
+                if b.flags.contains(BufferFlags::LAST) {
+                    break;
+                }
+                decoded += 1;
+                s.queue(Buffer::new(QueueKind::Capture, b.index, b.region))
+                    .unwrap();
+            }
+            Event::BufferDone(_) => {}
+        }
+    }
+    assert_eq!(decoded, 4);
+}

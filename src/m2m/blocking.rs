@@ -24,6 +24,8 @@ const WAIT: Duration = Duration::from_secs(5);
 struct Queues {
     session: Box<dyn Session>,
     free_output: VecDeque<Buffer>,
+    /// OUTPUT buffers in all, free or queued.
+    output_count: usize,
     capture_format: Option<Format>,
     /// CAPTURE memory policy.
     coherency: Coherency,
@@ -130,8 +132,16 @@ impl Queues {
     ) -> Result<(), M2mError> {
         self.session.drain()?;
         self.draining = true;
-        // Without a CAPTURE queue nothing was ever decoded: nothing to wait for.
-        while self.draining && (self.capture_format.is_some() || self.reconfigure.is_some()) {
+        while self.draining {
+            // No CAPTURE queue yet and every OUTPUT buffer back: the device
+            // announces a stream before returning the buffer that completed
+            // its first frame, so there was none, and nothing to drain.
+            let idle = self.capture_format.is_none()
+                && self.reconfigure.is_none()
+                && self.free_output.len() == self.output_count;
+            if idle {
+                break;
+            }
             if !self.pump(WAIT, on_frame)? {
                 return Err(M2mError::Timeout(WAIT));
             }
@@ -158,7 +168,7 @@ impl BlockingDecoder {
     ) -> Result<BlockingDecoder, M2mError> {
         let codec = session.codec();
         session.set_format(QueueKind::Output, &Format::coded(codec, 0, 0))?;
-        let free_output = session
+        let free_output: VecDeque<Buffer> = session
             .allocate_buffers(
                 QueueKind::Output,
                 output_buffers.max(1),
@@ -169,6 +179,7 @@ impl BlockingDecoder {
         Ok(BlockingDecoder {
             q: Queues {
                 session,
+                output_count: free_output.len(),
                 free_output,
                 capture_format: None,
                 coherency,
@@ -256,7 +267,7 @@ impl BlockingEncoder {
         for &c in controls {
             session.set_control(c)?;
         }
-        let free_output = session
+        let free_output: VecDeque<Buffer> = session
             .allocate_buffers(
                 QueueKind::Output,
                 buffers.max(1),
@@ -277,6 +288,7 @@ impl BlockingEncoder {
         Ok(BlockingEncoder {
             q: Queues {
                 session,
+                output_count: free_output.len(),
                 free_output,
                 capture_format: Some(coded),
                 coherency: Coherency::Coherent,

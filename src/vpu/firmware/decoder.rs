@@ -153,10 +153,20 @@ impl Decoder {
     }
 
     pub(crate) fn stream_on(&mut self, queue: QueueKind) {
-        if queue == QueueKind::Capture && self.phase != Phase::Running {
-            // A restarted CAPTURE queue ends both a source change and a drain.
-            self.phase = Phase::Running;
-            self.drain = None;
+        if queue != QueueKind::Capture {
+            return;
+        }
+        match self.phase {
+            // The client set up CAPTURE for the announced format; a drain
+            // requested meanwhile carries on (dev-decoder.rst: the source
+            // change is handled "before continuing with the drain sequence").
+            Phase::AwaitCapture => self.phase = Phase::Running,
+            // A restarted CAPTURE queue ends a completed drain.
+            Phase::Stopped => {
+                self.phase = Phase::Running;
+                self.drain = None;
+            }
+            Phase::Running => {}
         }
     }
 
@@ -244,14 +254,8 @@ impl Decoder {
                 self.items.pop_front();
                 return true;
             }
-            if let Item::Frame { data, .. } = item
-                && let Ok(header) = fwht::parse_header(data)
-            {
-                let info = StreamInfo::of(&header);
-                if self.stream.as_ref() != Some(&info) {
-                    self.source_change(info, capture, sink);
-                    return true;
-                }
+            if self.announce(capture, sink) {
+                return true;
             }
             if !capture.streaming {
                 return false;
@@ -270,7 +274,7 @@ impl Decoder {
             && self.items.len() < MAX_PENDING_FRAMES
             && let Some(buf) = output.buffers.pop_front()
         {
-            self.consume(&buf, sink);
+            self.consume(&buf, capture, sink);
             if let Some(n) = self.drain.as_mut() {
                 *n -= 1;
             }
@@ -329,20 +333,12 @@ impl Decoder {
         }
     }
 
-    fn consume(&mut self, buf: &QueuedBuffer, sink: &mut Sink<'_>) {
+    fn consume(&mut self, buf: &QueuedBuffer, capture: &mut FwQueue, sink: &mut Sink<'_>) {
         {
             let data = buf.region.device_read();
             let used = buf.bytesused.min(data.len());
             self.scanner.push(&data[..used]);
         }
-        sink.done(
-            QueueKind::Output,
-            buf,
-            buf.bytesused,
-            BufferFlags::NONE,
-            0,
-            "",
-        );
         // A frame that started in an earlier buffer keeps that buffer's
         // timestamp; every frame starting in this one gets this one's.
         let mut first = true;
@@ -366,6 +362,35 @@ impl Decoder {
             (true, true) => Some(self.carry_timestamp.unwrap_or(buf.timestamp)),
             (true, false) => Some(buf.timestamp),
         };
+        // The stream's format is announced before the OUTPUT buffer that
+        // completed its first frame comes back: a client that sees all its
+        // OUTPUT buffers back without a source change knows there was no frame.
+        self.announce(capture, sink);
+        sink.done(
+            QueueKind::Output,
+            buf,
+            buf.bytesused,
+            BufferFlags::NONE,
+            0,
+            "",
+        );
+    }
+
+    /// Raises a source change if the next frame's format differs from the
+    /// stream's; true if it did.
+    fn announce(&mut self, capture: &mut FwQueue, sink: &mut Sink<'_>) -> bool {
+        let Some(Item::Frame { data, .. }) = self.items.front() else {
+            return false;
+        };
+        let Ok(header) = fwht::parse_header(data) else {
+            return false;
+        };
+        let info = StreamInfo::of(&header);
+        if self.stream.as_ref() == Some(&info) {
+            return false;
+        }
+        self.source_change(info, capture, sink);
+        true
     }
 
     fn decode(
