@@ -10,6 +10,16 @@
 //! 2. our decoder on vicodec's stream produces vicodec's decoded frames;
 //! 3. vicodec's decoder on OUR stream produced the frames our decoder makes.
 //!
+//! Every raw frame, input or decoded, is compared WHOLE: the `Format::raw`
+//! buffer of `size` bytes (vicodec's sizeimage), padding rows and columns
+//! included. The feeder `tests/data/fwht/fwht-m2m.c` wrote the inputs into
+//! vicodec's OUTPUT buffers whole (zero padding, as `fwht::test_pattern`
+//! makes it) and saved vicodec's CAPTURE buffers whole, so the vectors whose
+//! visible size is not the coded size (1920x1080, 650x370, 648x362) prove
+//! the padding handling too: what the encoder reads there, what the decoder
+//! writes there (including vicodec's zero reference padding rows), and that
+//! bytes outside every coded plane stay zero.
+//!
 //! Regenerating: `FWHT_VECTOR_OUT=/tmp/fwhtvec cargo test --test fwht_vicodec
 //! write_vector_inputs -- --ignored` writes the raw inputs and our streams
 //! for the guest script. No VM is needed to run the checks.
@@ -91,6 +101,35 @@ const VECTORS: &[Vector] = &[
         params: params(10, 20, 20),
         content: Content::Noise,
     },
+    // Sizes with padding: the raw frames are fed to vicodec whole, padding
+    // (zero) included, by `fwht-m2m`, so both sides encode the same bytes.
+    Vector {
+        name: "i420_1920x1080",
+        format: PixelFormat::I420,
+        width: 1920,
+        height: 1080,
+        frames: 3,
+        params: params(3, 20, 20),
+        content: Content::Pattern,
+    },
+    Vector {
+        name: "nv12_650x370",
+        format: PixelFormat::Nv12,
+        width: 650,
+        height: 370,
+        frames: 4,
+        params: params(3, 20, 20),
+        content: Content::Pattern,
+    },
+    Vector {
+        name: "yuyv_648x362",
+        format: PixelFormat::Yuyv,
+        width: 648,
+        height: 362,
+        frames: 3,
+        params: params(2, 20, 20),
+        content: Content::Pattern,
+    },
 ];
 
 fn data_dir() -> PathBuf {
@@ -132,7 +171,8 @@ fn encode_ours(v: &Vector, fmt: &Format) -> Vec<u8> {
 }
 
 /// Decodes a stream frame by frame; the CAPTURE buffers start zeroed, as
-/// vicodec's freshly allocated ones.
+/// vicodec's freshly allocated ones (vicodec reuses its buffers, but never
+/// writes the bytes outside the 8-rounded planes, so those stay zero).
 fn decode_ours(stream: &[u8], fmt: &Format) -> Vec<Vec<u8>> {
     let mut dec = FwhtDecoder::new();
     let mut scanner = fwht::FrameScanner::new();
@@ -224,31 +264,11 @@ fn vicodec_vectors() {
     }
 }
 
-/// The frame as `v4l2-ctl --stream-from` reads it: each memory plane's
-/// visible rows and bytes only, back to back (vicodec's buffer adds the
-/// padding, which stays zero as in our layout). Exact for even sizes.
-fn visible_only(fmt: &Format, frame: &[u8]) -> Vec<u8> {
-    let subsampled = matches!(fmt.pixelformat, PixelFormat::I420 | PixelFormat::Yuyv);
-    let coded_w = fmt.width.next_multiple_of(if subsampled { 16 } else { 8 }) as usize;
-    let mut out = Vec::new();
-    for (i, p) in fmt.planes.iter().enumerate() {
-        let rows = if i == 0 {
-            fmt.height as usize
-        } else {
-            p.rows * fmt.height as usize / fmt.planes[0].rows
-        };
-        let row_bytes = p.stride * fmt.width as usize / coded_w;
-        for y in 0..rows {
-            let s = p.offset + y * p.stride;
-            out.extend_from_slice(&frame[s..s + row_bytes]);
-        }
-    }
-    out
-}
-
-/// Writes `<name>.raw` (the input frames back to back, visible area only,
-/// as v4l2-ctl reads them) and `<name>.ours.fwht` (our stream) into `$FWHT_VECTOR_OUT`, for
-/// `make-vectors.sh`. Gated: it only runs with `--ignored` and the variable.
+/// Writes `<name>.raw` (the input frames back to back, each the whole
+/// `Format::raw` buffer of `size` bytes, zero padding included) and
+/// `<name>.ours.fwht` (our stream) into `$FWHT_VECTOR_OUT`, plus
+/// `vectors.list`, for `make-vectors.sh`. Gated: it only runs with
+/// `--ignored` and the variable.
 #[test]
 #[ignore = "generator for tests/data/fwht; needs FWHT_VECTOR_OUT"]
 fn write_vector_inputs() {
@@ -260,9 +280,7 @@ fn write_vector_inputs() {
     let mut list = String::new();
     for v in VECTORS {
         let fmt = raw_format(v);
-        let raw: Vec<u8> = (0..v.frames)
-            .flat_map(|i| visible_only(&fmt, &make_input(v, &fmt, i)))
-            .collect();
+        let raw: Vec<u8> = (0..v.frames).flat_map(|i| make_input(v, &fmt, i)).collect();
         std::fs::write(dir.join(format!("{}.raw", v.name)), raw).unwrap();
         std::fs::write(
             dir.join(format!("{}.ours.fwht", v.name)),
@@ -270,7 +288,7 @@ fn write_vector_inputs() {
         )
         .unwrap();
         list.push_str(&format!(
-            "{} {} {} {} {} {} {} {} {}\n",
+            "{} {} {} {} {} {} {} {} {} {}\n",
             v.name,
             v.format,
             v.width,
@@ -279,7 +297,8 @@ fn write_vector_inputs() {
             v.params.gop_size,
             v.params.i_frame_qp,
             v.params.p_frame_qp,
-            fmt.size
+            fmt.size,
+            fmt.planes[0].stride
         ));
     }
     std::fs::write(dir.join("vectors.list"), list).unwrap();
