@@ -11,7 +11,10 @@ use std::path::PathBuf;
 fn plugin_file() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/plugin_load-<hash> -> target/<profile>/libgstrsvpu.so
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
     profile_dir.join("libgstrsvpu.so")
 }
 
@@ -27,6 +30,10 @@ fn the_shared_library_loads_as_plugin_rsvpu() {
     let plugin = gst::Plugin::load_file(&file).expect("GStreamer loads the plugin");
     assert_eq!(plugin.plugin_name(), "rsvpu");
     assert_eq!(plugin.source(), "gst-plugin-vpu");
-    assert!(plugin.description().contains("VPU"), "{}", plugin.description());
+    assert!(
+        plugin.description().contains("VPU"),
+        "{}",
+        plugin.description()
+    );
     assert_eq!(plugin.license(), "MPL");
 }
