@@ -14,12 +14,6 @@ pub mod sys;
 pub mod vpu;
 
 #[path = "../plugins/common/mod.rs"]
-// The elements that use the format tables land next; until then only the
-// tests do.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "used by vpufwhtdec/vpufwhtenc, which land next")
-)]
 mod common;
 #[path = "../plugins/typefind.rs"]
 mod typefind;

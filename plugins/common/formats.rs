@@ -528,6 +528,10 @@ pub(crate) fn colorimetry_to_gst(
             v4l2::YCBCR_ENC_709 | v4l2::YCBCR_ENC_XV709 => VideoColorMatrix::Bt709,
             v4l2::YCBCR_ENC_BT2020 | v4l2::YCBCR_ENC_BT2020_CONST_LUM => VideoColorMatrix::Bt2020,
             v4l2::YCBCR_ENC_SMPTE240M => VideoColorMatrix::Smpte240m,
+            v4l2::YCBCR_ENC_601 | v4l2::YCBCR_ENC_XV601 | v4l2::YCBCR_ENC_SYCC => {
+                VideoColorMatrix::Bt601
+            }
+            // Not reached: `enc` was resolved to a known value above.
             _ => VideoColorMatrix::Bt601,
         }
     };
