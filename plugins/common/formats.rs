@@ -372,7 +372,9 @@ pub(crate) fn layout_matches(
 /// Whether `buffer`, a frame of `info`, can be queued as a buffer of `format`
 /// without a copy: its [`gst_video::VideoMeta`] (when it has one, else `info`)
 /// gives the contract's offsets and strides, and the buffer holds at least
-/// `format.size` bytes.
+/// `format.size` bytes. Offsets count from the start of the whole buffer;
+/// whether its memory can be handed to the device (one fd-backed memory, say)
+/// is for the caller to check.
 pub(crate) fn buffer_layout_matches(
     buffer: &gst::BufferRef,
     info: &gst_video::VideoInfo,
