@@ -13,14 +13,17 @@ pub mod mem;
 pub mod sys;
 pub mod vpu;
 
-#[path = "../plugins/common/log_bridge.rs"]
-mod log_bridge;
+#[path = "../plugins/common/mod.rs"]
+mod common;
+#[path = "../plugins/typefind.rs"]
+mod typefind;
 
 use gst::glib;
 
-fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // Before anything else, so that whatever registration logs is kept.
-    log_bridge::install();
+    common::log_bridge::install();
+    typefind::register(plugin)?;
     Ok(())
 }
 
