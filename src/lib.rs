@@ -35,6 +35,7 @@ gst::plugin_define!(
     "MPL",
     env!("CARGO_PKG_NAME"),
     env!("CARGO_PKG_NAME"),
-    env!("CARGO_PKG_REPOSITORY"),
+    // No public home yet: GStreamer's own default for an unknown origin.
+    "Unknown package origin",
     env!("BUILD_REL_DATE")
 );
