@@ -16,6 +16,9 @@ pub mod vpu;
 #[path = "../plugins/common/log_bridge.rs"]
 mod log_bridge;
 
+#[path = "../plugins/allocator/mod.rs"]
+pub mod allocator;
+
 use gst::glib;
 
 fn plugin_init(_plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
