@@ -5,7 +5,8 @@
 //! The dma-buf test needs /dev/dma_heap or /dev/udmabuf; without them it
 //! says so loudly and skips. Run it in the VM:
 //! `cargo test --no-run --test allocator`, then
-//! `VMBED_RW=$PWD/target ../shared/vm/run-in-vm.sh target/debug/deps/allocator-<hash>`.
+//! `VMBED_RW=$PWD/target ../shared/vm/run-in-vm.sh target/debug/deps/allocator-<hash>`
+//! (the path `cargo test --no-run` prints).
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -291,6 +292,37 @@ fn under_simulation_sub_memories_and_nested_maps_share_one_view() {
 }
 
 #[test]
+fn concurrent_maps_from_several_threads_agree() {
+    init();
+    for simulate_cache in [false, true] {
+        let chk = checker(simulate_cache);
+        let region = memfd_region("shared-frame", 65536, Coherency::Cacheable, &chk);
+        region.sync_for_device().unwrap();
+        let decoded = pattern(65536, 4);
+        region.device_write().copy_from_slice(&decoded);
+        let mem = VpuAllocator::new().wrap(Arc::clone(&region)).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (mem, decoded) = (&mem, &decoded);
+                s.spawn(move || {
+                    for i in 0..50 {
+                        let sub = mem.share(t * 1000 + i..t * 1000 + i + 500);
+                        let map = sub.map_readable().unwrap();
+                        assert_eq!(map.as_slice(), &decoded[t * 1000 + i..][..500]);
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            chk.stats().syncs_for_cpu,
+            1,
+            "simulate_cache={simulate_cache}"
+        );
+        assert_clean(&chk);
+    }
+}
+
+#[test]
 fn panic_on_violation_fails_the_map_instead_of_unwinding_into_c() {
     init();
     let chk = Checker::new(CheckerConfig {
@@ -447,39 +479,43 @@ fn dma_buf_regions_wrap_as_dmabuf_memory() {
         );
         return;
     }
-    let chk = checker(false);
-    let region = Region::allocate("dmabuf-frame", 8192, Coherency::Cacheable, backend, &chk)
-        .expect("dma-buf region");
-    assert_eq!(region.kind(), MemoryKind::DmaBuf, "{backend}");
-    let e = VpuAllocator::new().wrap(Arc::clone(&region)).unwrap_err();
-    assert!(e.to_string().contains("VpuDmaBufAllocator"), "{e}");
+    for simulate_cache in [false, true] {
+        let chk = checker(simulate_cache);
+        let region = Region::allocate("dmabuf-frame", 8192, Coherency::Cacheable, backend, &chk)
+            .expect("dma-buf region");
+        assert_eq!(region.kind(), MemoryKind::DmaBuf, "{backend}");
+        let e = VpuAllocator::new().wrap(Arc::clone(&region)).unwrap_err();
+        assert!(e.to_string().contains("VpuDmaBufAllocator"), "{e}");
 
-    let alloc = VpuDmaBufAllocator::new();
-    let mut mem = alloc.wrap(Arc::clone(&region)).unwrap();
-    let dmabuf = mem
-        .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
-        .expect("recognised as dma-buf memory downstream");
-    assert_eq!(dmabuf.fd(), region.fd().as_raw_fd());
+        let alloc = VpuDmaBufAllocator::new();
+        let mut mem = alloc.wrap(Arc::clone(&region)).unwrap();
+        let dmabuf = mem
+            .downcast_memory_ref::<gst_allocators::DmaBufMemory>()
+            .expect("recognised as dma-buf memory downstream");
+        assert_eq!(dmabuf.fd(), region.fd().as_raw_fd());
 
-    region.sync_for_device().unwrap();
-    region.device_write().fill(0x5a);
-    let before = chk.stats();
-    assert!(mem.map_readable().unwrap().iter().all(|&b| b == 0x5a));
-    assert_eq!(chk.stats().syncs_for_cpu, before.syncs_for_cpu + 1);
-    {
-        let mem = mem.get_mut().unwrap();
-        let mut map = mem.map_writable().unwrap();
-        map[..4].copy_from_slice(b"dmab");
+        region.sync_for_device().unwrap();
+        region.device_write().fill(0x5a);
+        let before = chk.stats();
+        assert!(mem.map_readable().unwrap().iter().all(|&b| b == 0x5a));
+        assert_eq!(chk.stats().syncs_for_cpu, before.syncs_for_cpu + 1);
+        {
+            let mem = mem.get_mut().unwrap();
+            let mut map = mem.map_writable().unwrap();
+            map[..4].copy_from_slice(b"dmab");
+        }
+        assert_eq!(&region.cpu_read()[..4], b"dmab");
+        region.sync_for_device().unwrap();
+        assert_eq!(&region.device_read()[..4], b"dmab", "cleaned to memory");
+        let s = chk.stats();
+        assert_eq!(s.dma_buf_ioctl_errors, 0, "{s:?}");
+        assert!(
+            s.dma_buf_ioctls >= 2,
+            "the write-unmap guard brackets with DMA_BUF_IOCTL_SYNC: {s:?}"
+        );
+        drop(mem);
+        assert_eq!(Arc::strong_count(&region), 1);
+        assert_clean(&chk);
     }
-    assert_eq!(&region.cpu_read()[..4], b"dmab");
-    let s = chk.stats();
-    assert_eq!(s.dma_buf_ioctl_errors, 0, "{s:?}");
-    assert!(
-        s.dma_buf_ioctls >= 2,
-        "the write-unmap guard brackets with DMA_BUF_IOCTL_SYNC: {s:?}"
-    );
-    drop(mem);
-    assert_eq!(Arc::strong_count(&region), 1);
-    assert_clean(&chk);
     eprintln!("dma-buf allocator tested on backend {backend}");
 }

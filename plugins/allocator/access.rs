@@ -18,6 +18,8 @@ pub(super) struct Wrapped {
     /// Set while the region is queued to the device: a CPU map must then not
     /// take the region back with a lazy `sync_for_cpu`.
     device_busy: AtomicBool,
+    /// Serialises lazy syncs, so that concurrent first maps sync once.
+    claim: Mutex<()>,
     /// `Some` for cacheable regions whose checker simulates a CPU cache.
     staging: Option<Mutex<Staging>>,
 }
@@ -51,6 +53,7 @@ impl Wrapped {
         Wrapped {
             region,
             device_busy: AtomicBool::new(false),
+            claim: Mutex::new(()),
             staging: simulated.then(|| Mutex::new(Staging::default())),
         }
     }
@@ -75,7 +78,17 @@ impl Wrapped {
     /// released it (not busy). The sync is counted by the region's checker.
     fn claim_for_cpu(&self) {
         let region = &self.region;
-        if region.owner() != Owner::Device || self.device_busy.load(Ordering::Acquire) {
+        let wanted =
+            || region.owner() == Owner::Device && !self.device_busy.load(Ordering::Acquire);
+        if !wanted() {
+            return;
+        }
+        // Checked again under the lock: another map may have synced.
+        let _claim = self
+            .claim
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !wanted() {
             return;
         }
         match region.sync_for_cpu() {
