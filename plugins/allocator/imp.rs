@@ -147,30 +147,32 @@ unsafe extern "C" fn map_full<F: Flavour>(
     info: *mut gst::ffi::GstMapInfo,
     maxsize: usize,
 ) -> glib::ffi::gpointer {
-    // SAFETY: GStreamer calls this from gst_memory_map with a valid memory
-    // of our allocator and its map info; we chain with the same arguments
-    // (see 3. above).
-    unsafe {
-        let flags = (*info).flags;
-        let wrapped = lookup(gst::MemoryRef::from_ptr(mem));
-        if let Some(wrapped) = &wrapped {
-            let write = flags & gst::ffi::GST_MAP_WRITE != 0;
-            match catch_unwind(AssertUnwindSafe(|| wrapped.before_map(write))) {
-                Ok(MapPlan::Parent) => {}
-                Ok(MapPlan::Staging(data)) => return data.cast(),
-                Err(_) => {
-                    gst::error!(
-                        CAT,
-                        "CPU map of region \"{}\" refused: coherency violation (panic_on_violation)",
-                        wrapped.region.name()
-                    );
-                    return ptr::null_mut();
-                }
+    // SAFETY: gst_memory_map passes its valid map info (see 3. above).
+    let flags = unsafe { (*info).flags };
+    // SAFETY: `mem` is a valid memory for the duration of the call.
+    let wrapped = lookup(unsafe { gst::MemoryRef::from_ptr(mem) });
+    if let Some(wrapped) = &wrapped {
+        let write = flags & gst::ffi::GST_MAP_WRITE != 0;
+        match catch_unwind(AssertUnwindSafe(|| wrapped.before_map(write))) {
+            Ok(MapPlan::Parent) => {}
+            // See 4. above for why this pointer stays valid.
+            Ok(MapPlan::Staging(data)) => return data.cast(),
+            Err(_) => {
+                gst::error!(
+                    CAT,
+                    "CPU map of region \"{}\" refused: coherency violation (panic_on_violation)",
+                    wrapped.region.name()
+                );
+                return ptr::null_mut();
             }
         }
-        let Some(ops) = F::parent_ops().get() else {
-            return ptr::null_mut();
-        };
+    }
+    let Some(ops) = F::parent_ops().get() else {
+        return ptr::null_mut();
+    };
+    // SAFETY: the parent's own map function, with the arguments GStreamer
+    // gave us.
+    unsafe {
         if let Some(f) = ops.map_full {
             f(mem, info, maxsize)
         } else if let Some(f) = ops.map {
@@ -185,28 +187,31 @@ unsafe extern "C" fn unmap_full<F: Flavour>(
     mem: *mut gst::ffi::GstMemory,
     info: *mut gst::ffi::GstMapInfo,
 ) {
-    // SAFETY: GStreamer calls this from gst_memory_unmap with a memory it
-    // mapped through `map_full` and the same map info (see 3. above).
-    unsafe {
-        let write = (*info).flags & gst::ffi::GST_MAP_WRITE != 0;
-        let wrapped = lookup(gst::MemoryRef::from_ptr(mem));
-        let simulated = wrapped.as_ref().is_some_and(|w| w.is_simulated());
-        if !simulated && let Some(ops) = F::parent_ops().get() {
+    // SAFETY: gst_memory_unmap passes the map info of the map (see 3. above).
+    let write = unsafe { (*info).flags } & gst::ffi::GST_MAP_WRITE != 0;
+    // SAFETY: `mem` is a valid memory for the duration of the call.
+    let wrapped = lookup(unsafe { gst::MemoryRef::from_ptr(mem) });
+    // Simulated regions were mapped without the parent (see `map_full`).
+    let simulated = wrapped.as_ref().is_some_and(|w| w.is_simulated());
+    if !simulated && let Some(ops) = F::parent_ops().get() {
+        // SAFETY: the parent's own unmap function, with the arguments
+        // GStreamer gave us, for a map the parent made.
+        unsafe {
             if let Some(f) = ops.unmap_full {
                 f(mem, info);
             } else if let Some(f) = ops.unmap {
                 f(mem);
             }
         }
-        if let Some(wrapped) = &wrapped
-            && catch_unwind(AssertUnwindSafe(|| wrapped.after_unmap(write))).is_err()
-        {
-            gst::error!(
-                CAT,
-                "CPU unmap of region \"{}\": coherency violation (panic_on_violation)",
-                wrapped.region.name()
-            );
-        }
+    }
+    if let Some(wrapped) = &wrapped
+        && catch_unwind(AssertUnwindSafe(|| wrapped.after_unmap(write))).is_err()
+    {
+        gst::error!(
+            CAT,
+            "CPU unmap of region \"{}\": coherency violation (panic_on_violation)",
+            wrapped.region.name()
+        );
     }
 }
 

@@ -68,6 +68,12 @@
 //!   one thread: the map takes the (non-reentrant) region lock briefly.
 //! - Under simulation, wrap a region at most once at a time: each memory has
 //!   its own staging copy.
+//! - A WRITE map while the device owns the region and is busy is reported
+//!   twice: at the map and again at the unmap (the unmap check exists to
+//!   catch the device taking the region while it was mapped).
+//! - Without simulation, on a cacheable dma-buf the unmap of a WRITE map adds
+//!   one START/END `DMA_BUF_IOCTL_SYNC` pair (the region guard's) to
+//!   GStreamer's own; memfd regions issue no ioctl.
 //! - `gst_allocator_alloc` on these allocators returns NULL (as for
 //!   GstFdAllocator): memory is made from regions, by `wrap`.
 
