@@ -18,6 +18,9 @@ mod common;
 #[path = "../plugins/typefind.rs"]
 mod typefind;
 
+#[path = "../plugins/allocator/mod.rs"]
+pub mod allocator;
+
 use gst::glib;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
