@@ -1,4 +1,4 @@
-//! Code shared by the rsvpu elements: the `log` bridge and the tables that
+//! Code shared by the rsvpu elements: device selection, the `log` bridge and the tables that
 //! translate between the driver contract ([`crate::m2m`]) and GStreamer
 //! (pixel formats, caps, video info, colorimetry).
 //!
@@ -7,6 +7,11 @@
 
 // Until the elements land, only the type finder and the tests use the
 // format tables; the expectation fails (and must go) once they are all used.
+#[cfg_attr(
+    not(test),
+    expect(dead_code, reason = "used by vpufwhtdec/vpufwhtenc, which land next")
+)]
+pub(crate) mod device;
 #[cfg_attr(
     not(test),
     expect(dead_code, reason = "used by vpufwhtdec/vpufwhtenc, which land next")
