@@ -248,10 +248,9 @@ fn encode_plane_step<const STEP: usize>(
         let base = g.offset + by * 8 * g.stride + bx * 8 * STEP;
         let cur = gather::<STEP>(src, base, g.stride);
         let old = *refp;
-        let repeat = false
-            && lb
-                .as_ref()
-                .is_some_and(|b| b.pixels == cur && (is_intra || b.reference == old));
+        let repeat = lb
+            .as_ref()
+            .is_some_and(|b| b.pixels == cur && (is_intra || b.reference == old));
         if !repeat {
             let intra = is_intra || prefer_intra(&cur, &old);
             let mut coeffs = if intra {

@@ -16,6 +16,8 @@
 //! are therefore kept transposed everywhere (`[x][y]`), and the quantisation
 //! tables and the zigzag scan are transposed to match ([`ZIGZAG_T`]).
 
+#![allow(clippy::needless_range_loop)]
+
 /// Eight samples or coefficients: one row of a block, one SSE2 register.
 pub(crate) type Row = [i16; 8];
 /// One 8x8 block as rows.
@@ -104,7 +106,8 @@ fn quant_mul_of(intra: bool) -> &'static QuantMul {
     if intra { &MUL_INTRA } else { &MUL_INTER }
 }
 
-// The lane-wise helpers below are written as plain index loops: LLVM's SLP
+// The lane-wise helpers below are written as plain index loops (hence the
+// allowed clippy::needless_range_loop): LLVM's SLP
 // vectoriser turns those into single SSE2 instructions, whereas
 // `array::from_fn` closures stayed scalar.
 
