@@ -11,7 +11,9 @@
 use super::header::{FwhtHeader, HEADER_SIZE, flags, parse_header};
 use super::pixfmt::{PixInfo, PlaneGeom, Slot, plane_geoms};
 use super::rle::{BlockError, DUPS_MASK, HalfwordReader, PFRAME_BIT};
-use super::transform::{Block, clamp_u8, dequantize, inverse};
+use super::transform::{
+    Block, add_clamp_row, clamp_row, dequantize, dequantize_dc, inverse, inverse_dc,
+};
 use super::{FwhtError, PixelEncoding};
 use crate::m2m::Format;
 
@@ -208,17 +210,29 @@ fn decode_plane(
         return Ok(());
     }
 
-    let mut coeffs: Block = [0; 64];
-    let mut pixels: Block = [0; 64];
+    let mut coeffs: Block = [[0; 8]; 8];
+    let mut pixels: Block = [[0; 8]; 8];
     let mut predicted = false;
     let mut copies = 0usize;
+    let blocks_w = w / 8;
     for by in 0..g.height / 8 {
-        for bx in 0..w / 8 {
-            let origin = by * 8 * w + bx * 8;
+        // This block row of the plane (and of the reference), whole.
+        let rows = by * 8 * w..(by + 1) * 8 * w;
+        let Some(dst_rows) = plane.get_mut(rows.clone()) else {
+            return Err(corrupt(g, "plane is smaller than its blocks"));
+        };
+        let ref_rows = match reference {
+            Some(r) => Some(
+                r.get(rows)
+                    .ok_or_else(|| corrupt(g, "reference is smaller than the plane"))?,
+            ),
+            None => None,
+        };
+        for bx in 0..blocks_w {
             if copies > 0 {
                 copies -= 1;
             } else {
-                let stat = reader.decode_block(&mut coeffs).map_err(|e| match e {
+                let (stat, ac) = reader.decode_block(&mut coeffs).map_err(|e| match e {
                     BlockError::Truncated => corrupt(g, "payload ends inside a block"),
                     BlockError::BadHeader => corrupt(g, "block header has bit 14 set"),
                 })?;
@@ -226,32 +240,37 @@ fn decode_plane(
                 if predicted && reference.is_none() {
                     return Err(FwhtError::NoReference);
                 }
-                dequantize(&mut coeffs, !predicted);
-                inverse(&mut coeffs, !predicted);
-                pixels = coeffs;
+                pixels = if ac {
+                    dequantize(&mut coeffs, !predicted);
+                    inverse(&coeffs, !predicted)
+                } else {
+                    inverse_dc(dequantize_dc(coeffs[0][0], !predicted), !predicted)
+                };
                 copies = usize::from((stat & DUPS_MASK) >> 1);
             }
-            match (predicted, reference) {
+            let x0 = bx * 8;
+            match (predicted, ref_rows) {
                 (true, Some(r)) => {
-                    for y in 0..8 {
-                        let o = origin + y * w;
-                        let (Some(d), Some(rr)) = (plane.get_mut(o..o + 8), r.get(o..o + 8)) else {
+                    for (y, p) in pixels.iter().enumerate() {
+                        let o = y * w + x0;
+                        let (Some(d), Some(rr)) = (
+                            dst_rows
+                                .get_mut(o..o + 8)
+                                .and_then(|d| <&mut [u8; 8]>::try_from(d).ok()),
+                            r.get(o..o + 8).and_then(|r| <&[u8; 8]>::try_from(r).ok()),
+                        ) else {
                             return Err(corrupt(g, "reference is smaller than the plane"));
                         };
-                        for ((d, &p), &rv) in d.iter_mut().zip(&pixels[y * 8..y * 8 + 8]).zip(rr) {
-                            *d = clamp_u8(p + i16::from(rv));
-                        }
+                        *d = add_clamp_row(*p, rr);
                     }
                 }
                 _ => {
-                    for y in 0..8 {
-                        let o = origin + y * w;
-                        let Some(d) = plane.get_mut(o..o + 8) else {
+                    for (y, p) in pixels.iter().enumerate() {
+                        let o = y * w + x0;
+                        let Some(d) = dst_rows.get_mut(o..o + 8) else {
                             return Err(corrupt(g, "plane is smaller than its blocks"));
                         };
-                        for (d, &p) in d.iter_mut().zip(&pixels[y * 8..y * 8 + 8]) {
-                            *d = clamp_u8(p);
-                        }
+                        d.copy_from_slice(&clamp_row(*p));
                     }
                 }
             }

@@ -3,8 +3,11 @@
 
 use super::header::{FWHT_VERSION, FwhtHeader, HEADER_SIZE, flags};
 use super::pixfmt::{PixInfo, PlaneGeom, Slot, plane_geoms};
-use super::rle::{DUPS_MASK, PFRAME_BIT, encode_block};
-use super::transform::{Block, clamp_u8, inverse, prefer_intra, quantize, wht8x8};
+use super::rle::{Coded, DUPS_MASK, PFRAME_BIT, encode_block};
+use super::transform::{
+    Pixels, add_clamp_row, clamp_row, dc_only, inverse, inverse_dc, prefer_intra, quantize, wht_t,
+    widen_sub, widen_sub_const,
+};
 use super::{EncoderParams, FwhtError};
 use crate::m2m::{Colorimetry, Format};
 
@@ -31,8 +34,8 @@ pub struct FwhtEncoder {
     colorimetry: Colorimetry,
     params: EncoderParams,
     gop_cnt: u32,
-    /// Reconstructed reference per component, block after block (64 bytes each).
-    reference: Vec<Vec<u8>>,
+    /// Reconstructed reference per component, block after block.
+    reference: Vec<Vec<Pixels>>,
     /// Payload halfwords of the frame being coded.
     out: Vec<u16>,
 }
@@ -50,7 +53,7 @@ impl FwhtEncoder {
         let (info, geoms) = plane_geoms(raw)?;
         let reference = geoms
             .iter()
-            .map(|g| vec![0u8; g.width * g.height])
+            .map(|g| vec![[[0u8; 8]; 8]; g.width * g.height / 64])
             .collect();
         let mut colorimetry = raw.colorimetry;
         if colorimetry.colorspace == 0 {
@@ -183,7 +186,7 @@ impl FwhtEncoder {
 fn encode_plane(
     src: &[u8],
     g: &PlaneGeom,
-    reference: &mut [u8],
+    reference: &mut [Pixels],
     out: &mut Vec<u16>,
     is_intra: bool,
     next_is_intra: bool,
@@ -199,23 +202,33 @@ fn encode_plane(
 
 /// Reads the 8x8 block whose top-left sample is at `base`.
 #[inline(always)]
-fn gather<const STEP: usize>(src: &[u8], base: usize, stride: usize) -> Block {
-    let mut b = [0i16; 64];
-    for (y, row) in b.chunks_exact_mut(8).enumerate() {
+fn gather<const STEP: usize>(src: &[u8], base: usize, stride: usize) -> Pixels {
+    std::array::from_fn(|y| {
         let start = base + y * stride;
-        if let Some(s) = src.get(start..start + 7 * STEP + 1) {
-            for (x, v) in row.iter_mut().enumerate() {
-                *v = i16::from(s[x * STEP]);
-            }
+        match src.get(start..start + 7 * STEP + 1) {
+            Some(s) => std::array::from_fn(|x| s[x * STEP]),
+            None => [0; 8],
         }
-    }
-    b
+    })
+}
+
+/// The last block coded: its inputs and everything coding it produced. A
+/// block with the same pixels (and, unless the frame is intra, the same
+/// reference block) codes to the same words and reconstructs to the same
+/// pixels, so it skips the mode decision, transforms and run-length coding.
+struct LastBlock {
+    pixels: Pixels,
+    reference: Pixels,
+    intra: bool,
+    coded: Coded,
+    /// The reconstruction (only valid when the reference is updated).
+    recon: Pixels,
 }
 
 fn encode_plane_step<const STEP: usize>(
     src: &[u8],
     g: &PlaneGeom,
-    reference: &mut [u8],
+    reference: &mut [Pixels],
     out: &mut Vec<u16>,
     is_intra: bool,
     next_is_intra: bool,
@@ -228,39 +241,54 @@ fn encode_plane_step<const STEP: usize>(
     let mut predicted = false;
     let mut overflow = false;
     let mut last: Option<(usize, usize)> = None; // (start, len) of the last coded block
+    let mut lb: Option<LastBlock> = None;
 
-    let blocks = reference.chunks_exact_mut(64);
     let positions = (0..g.height / 8).flat_map(|by| (0..g.width / 8).map(move |bx| (bx, by)));
-    for ((bx, by), refp) in positions.zip(blocks) {
-        let Ok(refp): Result<&mut [u8; 64], _> = refp.try_into() else {
-            break;
-        };
+    for ((bx, by), refp) in positions.zip(reference.iter_mut()) {
         let base = g.offset + by * 8 * g.stride + bx * 8 * STEP;
         let cur = gather::<STEP>(src, base, g.stride);
-        let intra = is_intra || prefer_intra(&cur, refp);
-        let mut coeffs: Block = if intra {
-            std::array::from_fn(|i| cur[i] - 128)
-        } else {
-            predicted = true;
-            std::array::from_fn(|i| cur[i] - i16::from(refp[i]))
-        };
-        wht8x8(&mut coeffs);
-        let mut de = quantize(&mut coeffs, intra, if intra { i_qp } else { p_qp });
-        if !next_is_intra {
-            inverse(&mut de, intra);
-            if intra {
-                for (r, &d) in refp.iter_mut().zip(&de) {
-                    *r = clamp_u8(d);
-                }
+        let old = *refp;
+        let repeat = lb
+            .as_ref()
+            .is_some_and(|b| b.pixels == cur && (is_intra || b.reference == old));
+        if !repeat {
+            let intra = is_intra || prefer_intra(&cur, &old);
+            let mut coeffs = if intra {
+                wht_t(&widen_sub_const(&cur, 128))
             } else {
-                for (r, &d) in refp.iter_mut().zip(&de) {
-                    *r = clamp_u8(d + i16::from(*r));
-                }
+                wht_t(&widen_sub(&cur, &old))
+            };
+            let de = quantize(&mut coeffs, intra, if intra { i_qp } else { p_qp });
+            let mut recon = [[0u8; 8]; 8];
+            if !next_is_intra {
+                let d = if dc_only(&de) {
+                    inverse_dc(de[0][0], intra)
+                } else {
+                    inverse(&de, intra)
+                };
+                recon = if intra {
+                    std::array::from_fn(|y| clamp_row(d[y]))
+                } else {
+                    std::array::from_fn(|y| add_clamp_row(d[y], &old[y]))
+                };
             }
+            lb = Some(LastBlock {
+                pixels: cur,
+                reference: old,
+                intra,
+                coded: encode_block(&coeffs, !intra),
+                recon,
+            });
+        }
+        let Some(b) = lb.as_ref() else {
+            break;
+        };
+        predicted |= !b.intra;
+        if !next_is_intra {
+            *refp = b.recon;
         }
 
-        let coded = encode_block(&coeffs, !intra);
-        let words = coded.as_slice();
+        let words = b.coded.as_slice();
         let merged = match last {
             Some((ls, ll)) if ll == words.len() && out.get(ls + 1..ls + ll) == words.get(1..) => {
                 let hdr = out[ls];
