@@ -26,7 +26,17 @@ use std::process::Command;
 use std::time::Instant;
 
 /// Timed runs per measurement (FWHT_BENCH_RUNS, default 5); the median is shown.
+/// `cargo bench` passes `--bench`; under `cargo test --all-targets` the
+/// benchmark runs once on two small frames, as a smoke test, without building
+/// the kernel's codec.
+fn benching() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
 fn runs() -> usize {
+    if !benching() {
+        return 1;
+    }
     std::env::var("FWHT_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -236,8 +246,13 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
+    let frames = if benching() { frames } else { 2 };
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fwht-kernel-c");
-    let kernel = build_kernel_harness(&dir);
+    let kernel = if benching() {
+        build_kernel_harness(&dir)
+    } else {
+        Err("smoke run under cargo test; run cargo bench".to_owned())
+    };
     println!("FWHT bare codec, I420, content: fwht::test_pattern (white disc moving over black");
     println!("+ scrolling 75% colour-bar strip), GOP 10, QP 20/20, one thread, codec calls only.");
     println!("{frames} frames per run, median of {} runs.", runs());
@@ -256,7 +271,11 @@ fn main() {
     println!(
         "|-------------|-------------:|-------------:|----------:|-------------:|-------------:|----------:|:-----------:|----------------:|"
     );
-    let only = std::env::var("FWHT_BENCH_SIZE").ok();
+    let only = if benching() {
+        std::env::var("FWHT_BENCH_SIZE").ok()
+    } else {
+        Some("640x480".to_owned())
+    };
     let sizes = [(640, 480, 530.0, 3100.0), (1920, 1080, 80.0, 510.0)];
     let cases = sizes
         .iter()
