@@ -560,3 +560,51 @@ fn pipeline_example_encode_fwht_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn flush_restarts_with_a_key_frame() {
+    let raw = Format::raw(PixelFormat::I420, 160, 120).unwrap();
+    let (mut h, info) = harness(&raw, &[("gop-size", 16)]);
+    for i in 0..3 {
+        h.push(pattern_buffer(&raw, i, &info)).unwrap();
+    }
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    h.push_event(gst::event::Segment::new(&gst::FormattedSegment::<
+        gst::ClockTime,
+    >::new()));
+    // Whatever was coded before the flush may or may not have gone out.
+    let before = pull_all(&mut h).len();
+    assert!(before <= 3);
+    for i in 3..6 {
+        h.push(pattern_buffer(&raw, i, &info)).unwrap();
+    }
+    h.push_event(gst::event::Eos::new());
+    let after = pull_all(&mut h);
+    assert_eq!(after.len(), 3, "every frame after the flush comes out");
+    assert!(is_key(&after[0]), "the stream restarts with a key frame");
+    assert_eq!(after[0].pts(), Some(gst::ClockTime::from_mseconds(120)));
+}
+
+#[test]
+fn a_device_that_cannot_open_is_a_clear_error() {
+    init();
+    let pipeline = gst::parse::launch(
+        "videotestsrc num-buffers=2 ! vpufwhtenc device=/dev/video99 ! fakesink",
+    )
+    .unwrap();
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let bus = pipeline.bus().unwrap();
+    let mut errors = Vec::new();
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+        if let gst::MessageView::Error(e) = msg.view() {
+            errors.push(format!("{} {:?}", e.error(), e.debug()));
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    // Ours first, naming the device; GstVideoEncoder then adds its generic
+    // "Failed to open encoder" (LIBRARY/INIT), as for every encoder whose
+    // open fails.
+    assert!(!errors.is_empty() && errors.len() <= 2, "{errors:?}");
+    assert!(errors[0].contains("/dev/video99"), "{errors:?}");
+}
