@@ -21,12 +21,16 @@ mod typefind;
 #[path = "../plugins/allocator/mod.rs"]
 pub mod allocator;
 
+#[path = "../plugins/vpufwhtenc/mod.rs"]
+mod vpufwhtenc;
+
 use gst::glib;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // Before anything else, so that whatever registration logs is kept.
     common::log_bridge::install();
     typefind::register(plugin)?;
+    vpufwhtenc::register(plugin)?;
     Ok(())
 }
 
