@@ -5,7 +5,7 @@
 //! an interrupt thread (`vpu-irq`) that drains the response ring and sorts each
 //! response into the mailbox of its session. An [`EmuSession`] sends commands
 //! (waiting for their acknowledgement where V4L2's ioctl would block), tracks
-//! which buffers the device holds, and turns responses into [`Event`]s.
+//! which buffers the device holds, and turns responses into [`Event`](crate::m2m::Event)s.
 //!
 //! Everything the firmware writes is untrusted: a response naming a session,
 //! queue, index or size the host does not know makes the session fail with a
