@@ -256,10 +256,19 @@ fn resolution_change_mid_stream_raises_source_change() {
 
 /// Sets up a decoder session by hand (no blocking helper) up to streaming.
 fn manual_decoder(vpu: &EmuVpu, first: &[u8]) -> (Box<dyn Session>, Vec<Buffer>) {
+    manual_decoder_for(vpu, first, 320, 240)
+}
+
+fn manual_decoder_for(
+    vpu: &EmuVpu,
+    first: &[u8],
+    width: u32,
+    height: u32,
+) -> (Box<dyn Session>, Vec<Buffer>) {
     let s = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
     s.set_format(
         QueueKind::Output,
-        &Format::coded(PixelFormat::Fwht, 320, 240),
+        &Format::coded(PixelFormat::Fwht, width, height),
     )
     .unwrap();
     let mut outs = s
@@ -277,7 +286,7 @@ fn manual_decoder(vpu: &EmuVpu, first: &[u8]) -> (Box<dyn Session>, Vec<Buffer>)
             None => panic!("no source change"),
         }
     };
-    assert_eq!((sc.format.width, sc.format.height), (320, 240));
+    assert_eq!((sc.format.width, sc.format.height), (width, height));
     assert_eq!(
         sc.formats.first(),
         Some(&PixelFormat::I420),
@@ -676,4 +685,53 @@ fn a_drain_requested_before_capture_is_set_up_still_returns_every_frame() {
         }
     }
     assert_eq!(decoded, 4);
+}
+
+#[test]
+fn stream_off_racing_a_waiting_thread_loses_no_accounting() {
+    // One thread waits for events while another flushes the CAPTURE queue
+    // over and over: a completion taken by the waiter must never be
+    // mistaken for a buffer the host did not queue.
+    let vpu = vpu_with(Duration::from_secs(5), false);
+    let raw = Format::raw(PixelFormat::I420, 64, 48).unwrap();
+    let coded = encode(&vpu, &raw, &frames(&raw, 4), &[Control::GopSize(1)]);
+    let (s, mut outs) = manual_decoder_for(&vpu, &coded[0].data, 64, 48);
+    let s: Arc<dyn Session> = Arc::from(s);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let waiter = {
+        let (s, stop) = (s.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut done = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                match s.wait_event(Duration::from_millis(5)) {
+                    Ok(Some(Event::BufferDone(b))) => done.push(b),
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(done)
+        })
+    };
+    for i in 0..150 {
+        if let Some(mut b) = outs.pop() {
+            let c = &coded[i % coded.len()].data;
+            b.region.cpu_write()[..c.len()].copy_from_slice(c);
+            b.bytesused = c.len();
+            s.queue(b).unwrap();
+        }
+        let back = s.stream_off(QueueKind::Capture).unwrap();
+        s.stream_on(QueueKind::Capture).unwrap();
+        for b in back {
+            s.queue(Buffer::new(QueueKind::Capture, b.index, b.region))
+                .unwrap();
+        }
+        if outs.is_empty() {
+            // Take OUTPUT buffers back by flushing that queue too.
+            outs.extend(s.stream_off(QueueKind::Output).unwrap());
+            s.stream_on(QueueKind::Output).unwrap();
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let result = waiter.join().unwrap();
+    assert!(result.is_ok(), "{:?}", result.err());
 }

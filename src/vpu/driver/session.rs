@@ -190,8 +190,7 @@ impl EmuSession {
     }
 
     /// Turns a response into an event, checking everything it claims.
-    fn absorb(&self, response: Response) -> Result<Option<Event>, M2mError> {
-        let mut st = lock(&self.state);
+    fn absorb(&self, st: &mut HostState, response: Response) -> Result<Option<Event>, M2mError> {
         match response {
             Response::BufferDone {
                 queue,
@@ -603,10 +602,14 @@ impl Session for EmuSession {
         let deadline = Instant::now() + timeout;
         let watchdog = self.core().config.watchdog;
         loop {
+            // Taking a response and accounting for it happen under the state
+            // lock (state before inbox, as everywhere), so a `stream_off` on
+            // another thread sees either both or neither.
+            let mut st = lock(&self.state);
             let mut inbox = lock(&self.mailbox.inbox);
             if let Some(response) = inbox.responses.pop_front() {
                 drop(inbox);
-                match self.absorb(response)? {
+                match self.absorb(&mut st, response)? {
                     Some(event) => return Ok(Some(event)),
                     None => continue,
                 }
@@ -616,7 +619,9 @@ impl Session for EmuSession {
             }
             let since = inbox.last_progress.elapsed();
             drop(inbox);
-            if since > watchdog && lock(&self.state).device_has_work() {
+            let stalled = since > watchdog && st.device_has_work();
+            drop(st);
+            if stalled {
                 self.mailbox.fail(Fault::Timeout(watchdog));
                 return Err(M2mError::Timeout(watchdog));
             }
