@@ -45,8 +45,11 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 /// hung VPU much sooner; this only bounds a VPU that answers but never frees.
 const VPU_WAIT: Duration = Duration::from_secs(10);
 
-/// CAPTURE buffers beyond the VPU's and downstream's minimum.
-const EXTRA_CAPTURE: u32 = 2;
+/// CAPTURE buffers beyond the VPU's and downstream's minimum: two frames in
+/// flight downstream, one being decoded, and one for the LAST buffer of a
+/// drain, which needs a free CAPTURE buffer even when downstream (a queue, a
+/// test harness) still holds the frames decoded just before it.
+const EXTRA_CAPTURE: u32 = 4;
 
 /// Bytes of the FWHT magic (`4f4f4f4f` then `ffffffff`); the first word is
 /// what `parse` scans for.
