@@ -118,6 +118,11 @@ pub(super) struct Engine {
     inner: Mutex<Inner>,
     cond: Condvar,
     stop: AtomicBool,
+    /// Held by the capture thread around each `wait_event` and by a flush
+    /// around its stream-off/on: the emulated driver reports a completion
+    /// that races a concurrent stream-off as a firmware fault ("returned
+    /// CAPTURE buffer N, which the host had not queued").
+    events: Mutex<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -134,6 +139,7 @@ impl Engine {
             inner: Mutex::new(Inner::default()),
             cond: Condvar::new(),
             stop: AtomicBool::new(false),
+            events: Mutex::new(()),
         })
     }
 
@@ -147,7 +153,11 @@ impl Engine {
 
     fn run(&self) {
         while !self.stop.load(Ordering::Acquire) {
-            match self.session.wait_event(WAIT_SLICE) {
+            let event = {
+                let _events = lock(&self.events);
+                self.session.wait_event(WAIT_SLICE)
+            };
+            match event {
                 Ok(None) => {}
                 Ok(Some(event)) => self.handle(event),
                 Err(e) => {
@@ -401,6 +411,7 @@ impl Engine {
     /// waiting in the ready list) are queued again. The VPU resumes at the
     /// next key frame. Buffers held downstream stay valid (same allocation).
     pub(super) fn flush(&self) -> Result<(), M2mError> {
+        let _events = lock(&self.events);
         let capture = lock(&self.capture);
         let returned = self.session.stream_off(QueueKind::Output)?;
         self.session.stream_on(QueueKind::Output)?;
