@@ -21,6 +21,8 @@ mod typefind;
 #[path = "../plugins/allocator/mod.rs"]
 pub mod allocator;
 
+#[path = "../plugins/vpufwhtdec/mod.rs"]
+mod vpufwhtdec;
 #[path = "../plugins/vpufwhtenc/mod.rs"]
 mod vpufwhtenc;
 
@@ -30,8 +32,18 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // Before anything else, so that whatever registration logs is kept.
     common::log_bridge::install();
     typefind::register(plugin)?;
+    vpufwhtdec::register(plugin)?;
     vpufwhtenc::register(plugin)?;
     Ok(())
+}
+
+/// The process-wide emulated VPU the elements use with `device=auto|emu`
+/// (booted on first use). For tests and tools: fault injection
+/// (`faults().set_hang(..)`) and the coherency checker's counters. The VPU
+/// is shared by every element of the process, so a fault injected here hits
+/// them all.
+pub fn emulated_vpu() -> Result<vpu::EmuVpu, m2m::M2mError> {
+    common::device::emulated()
 }
 
 gst::plugin_define!(

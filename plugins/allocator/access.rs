@@ -22,6 +22,26 @@ pub(super) struct Wrapped {
     claim: Mutex<()>,
     /// `Some` for cacheable regions whose checker simulates a CPU cache.
     staging: Option<Mutex<Staging>>,
+    /// Run once when GStreamer frees the memory (see `wrap_with_release`).
+    release: Release,
+}
+
+/// What to do once the memory is freed: typically hand the region back to
+/// the device's queue.
+pub(super) type ReleaseFn = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct Release(Mutex<Option<ReleaseFn>>);
+
+impl std::fmt::Debug for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set = self.0.lock().map(|r| r.is_some()).unwrap_or(false);
+        f.write_str(if set {
+            "Release(Some)"
+        } else {
+            "Release(None)"
+        })
+    }
 }
 
 /// The CPU's view of a cache-simulated region while GStreamer has it mapped.
@@ -47,7 +67,7 @@ pub(super) enum MapPlan {
 }
 
 impl Wrapped {
-    pub(super) fn new(region: Arc<Region>) -> Wrapped {
+    pub(super) fn new(region: Arc<Region>, release: Option<ReleaseFn>) -> Wrapped {
         let simulated =
             region.coherency() == Coherency::Cacheable && region.checker().config().simulate_cache;
         Wrapped {
@@ -55,7 +75,17 @@ impl Wrapped {
             device_busy: AtomicBool::new(false),
             claim: Mutex::new(()),
             staging: simulated.then(|| Mutex::new(Staging::default())),
+            release: Release(Mutex::new(release)),
         }
+    }
+
+    /// Takes the release callback (at most once).
+    pub(super) fn take_release(&self) -> Option<ReleaseFn> {
+        self.release
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
     }
 
     pub(super) fn set_device_busy(&self, busy: bool) {

@@ -32,7 +32,9 @@
 //! 5. **`free`**: receives the memory GStreamer is freeing (refcount 0); we
 //!    remove its registry entry *before* calling the parent's free, so that
 //!    the address cannot be reused by a concurrent `wrap` while still keyed,
-//!    and drop the region only *after* it.
+//!    and drop the region only *after* it. The release callback of
+//!    `wrap_with_release` runs after the parent's free too, inside
+//!    `catch_unwind`.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -47,7 +49,7 @@ use gst_allocators::subclass::prelude::*;
 
 use crate::mem::Region;
 
-use super::access::{MapPlan, Wrapped};
+use super::access::{MapPlan, ReleaseFn, Wrapped};
 
 pub(super) static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
@@ -94,6 +96,7 @@ trait Flavour: ObjectSubclass {
 pub(super) fn wrap(
     allocator: &gst_allocators::FdAllocator,
     region: Arc<Region>,
+    release: Option<ReleaseFn>,
 ) -> Result<gst::Memory, glib::BoolError> {
     // SAFETY: the fd is the region's and stays open as long as the memory
     // exists: DONT_CLOSE keeps GStreamer from closing it, and the registry
@@ -116,7 +119,10 @@ pub(super) fn wrap(
         mem.as_ptr()
     );
     // Nobody else has the memory yet, so nobody can map it before this.
-    registry().insert(mem.as_ptr() as usize, Arc::new(Wrapped::new(region)));
+    registry().insert(
+        mem.as_ptr() as usize,
+        Arc::new(Wrapped::new(region, release)),
+    );
     Ok(mem)
 }
 
@@ -225,6 +231,17 @@ unsafe fn free<T: AllocatorImpl>(imp: &T, memory: *mut gst::ffi::GstMemory) {
     unsafe { imp.parent_free(memory) };
     if let Some(entry) = entry {
         gst::trace!(CAT, "memory of region \"{}\" freed", entry.region.name());
+        // After the parent's free: the memory is gone, the region may be
+        // handed on. Never unwind into C.
+        if let Some(release) = entry.take_release()
+            && catch_unwind(AssertUnwindSafe(release)).is_err()
+        {
+            gst::error!(
+                CAT,
+                "release callback of region \"{}\" panicked",
+                entry.region.name()
+            );
+        }
     }
 }
 

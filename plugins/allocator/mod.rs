@@ -22,7 +22,8 @@
 //! bytes, and keeps the `Arc<Region>` in a registry keyed by the memory, until
 //! the allocator's `free` vfunc has run the parent's free: the region lives
 //! exactly as long as the GstMemory (and its sub-memories, which hold their
-//! parent). [`region`] recovers it from any memory (sub-memories via their
+//! parent). `wrap_with_release` also runs a callback once the memory is
+//! freed (a decoder re-queues the region to the device there). [`region`] recovers it from any memory (sub-memories via their
 //! parent): that is how elements tell "this memory is ours, queue its fd as
 //! is".
 //!
@@ -126,7 +127,19 @@ impl VpuAllocator {
     /// [`VpuDmaBufAllocator`]).
     pub fn wrap(&self, region: Arc<Region>) -> Result<gst::Memory, glib::BoolError> {
         check_kind(&region, MemoryKind::Memfd)?;
-        imp::wrap(self.upcast_ref(), region)
+        imp::wrap(self.upcast_ref(), region, None)
+    }
+
+    /// As [`Self::wrap`], and runs `release` once GStreamer has freed the
+    /// memory (its last reference dropped, sub-memories included): the
+    /// point where a decoder hands the region back to the device.
+    pub fn wrap_with_release(
+        &self,
+        region: Arc<Region>,
+        release: Box<dyn FnOnce() + Send>,
+    ) -> Result<gst::Memory, glib::BoolError> {
+        check_kind(&region, MemoryKind::Memfd)?;
+        imp::wrap(self.upcast_ref(), region, Some(release))
     }
 
     /// The region behind `mem` if it (or its parent) was made by one of our
@@ -152,7 +165,18 @@ impl VpuDmaBufAllocator {
     /// [`VpuAllocator`]).
     pub fn wrap(&self, region: Arc<Region>) -> Result<gst::Memory, glib::BoolError> {
         check_kind(&region, MemoryKind::DmaBuf)?;
-        imp::wrap(self.upcast_ref(), region)
+        imp::wrap(self.upcast_ref(), region, None)
+    }
+
+    /// As [`Self::wrap`], and runs `release` once GStreamer has freed the
+    /// memory (see [`VpuAllocator::wrap_with_release`]).
+    pub fn wrap_with_release(
+        &self,
+        region: Arc<Region>,
+        release: Box<dyn FnOnce() + Send>,
+    ) -> Result<gst::Memory, glib::BoolError> {
+        check_kind(&region, MemoryKind::DmaBuf)?;
+        imp::wrap(self.upcast_ref(), region, Some(release))
     }
 }
 

@@ -5,10 +5,9 @@
 //! Everything here is crate-private plumbing; the elements (`vpufwhtdec`,
 //! `vpufwhtenc`) are its users.
 
-// Until the elements land, only the type finder and the tests use the
-// format tables; the expectation fails (and must go) once they are all used.
-// `device` is fully used by vpufwhtenc.
 pub(crate) mod device;
+// Part of the format tables is used only by the tests so far; the
+// expectation fails (and must go) once they are all used.
 #[cfg_attr(
     not(test),
     expect(dead_code, reason = "used by vpufwhtdec/vpufwhtenc, which land next")

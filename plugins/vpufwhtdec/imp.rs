@@ -1,0 +1,982 @@
+//! The `vpufwhtdec` element: GstVideoDecoder glue, properties, negotiation
+//! and the hand-off of decoded frames. The VPU side lives in `engine.rs`.
+//!
+//! Frame identity: each GstVideoCodecFrame is exactly one FWHT frame (cut
+//! by `parse`), queued in OUTPUT buffers whose timestamp is the frame's
+//! `system_frame_number`; the VPU copies it to the CAPTURE buffer, so a
+//! result finds its frame with `decoder.frame(n)`. The VPU answers every
+//! frame, in order, with a picture or an ERROR buffer, except undecodable
+//! bytes before the first frame it understood: frames older than a result
+//! and frames left after a drain are dropped, so none is ever lost.
+//!
+//! Locks: `state` is held only to read or update it, never across a base
+//! class call, `finish_frame` or a wait on the VPU.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_video::prelude::*;
+use gst_video::subclass::prelude::*;
+
+use super::engine::{DrainState, Engine, Fatal, Ready};
+use crate::allocator::{VpuAllocator, VpuDmaBufAllocator};
+use crate::common::device::{self, DeviceChoice};
+use crate::common::formats::{self, MetaLayout};
+use crate::m2m::{Buffer, BufferFlags, Format, PixelFormat, Role, SourceChange};
+use crate::mem::{Checker, Coherency, MemoryKind};
+use crate::vpu::codec::fwht::{self, HEADER_SIZE, parse_header};
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "vpufwhtdec",
+        gst::DebugColorFlags::empty(),
+        Some("FWHT video decoder on a VPU"),
+    )
+});
+
+/// How long the streaming thread waits for the VPU at most (an OUTPUT buffer,
+/// the end of a drain) before giving up. The session's own watchdog reports a
+/// hung VPU much sooner; this only bounds a VPU that answers but never frees.
+const VPU_WAIT: Duration = Duration::from_secs(10);
+
+/// CAPTURE buffers beyond the VPU's and downstream's minimum: two frames in
+/// flight downstream, one being decoded, and one for the LAST buffer of a
+/// drain, which needs a free CAPTURE buffer even when downstream (a queue, a
+/// test harness) still holds the frames decoded just before it.
+const EXTRA_CAPTURE: u32 = 4;
+
+/// Bytes of the FWHT magic (`4f4f4f4f` then `ffffffff`); the first word is
+/// what `parse` scans for.
+const MAGIC_WORD: u32 = 0x4f4f_4f4f;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstVpuFwhtDecMemoryPolicy")]
+pub enum MemoryPolicy {
+    #[default]
+    #[enum_value(
+        name = "Auto: cacheable when downstream reads frames on the CPU, coherent otherwise",
+        nick = "auto"
+    )]
+    Auto,
+    #[enum_value(
+        name = "Coherent (uncached) frame memory, no cache maintenance",
+        nick = "coherent"
+    )]
+    Coherent,
+    #[enum_value(
+        name = "Cacheable frame memory, invalidated when the CPU maps it",
+        nick = "cacheable"
+    )]
+    Cacheable,
+}
+
+const DEFAULT_DEVICE: &str = "auto";
+const DEFAULT_MEMORY_POLICY: MemoryPolicy = MemoryPolicy::Auto;
+
+#[derive(Debug, Clone, Default)]
+struct Settings {
+    device: DeviceChoice,
+    memory_policy: MemoryPolicy,
+}
+
+/// Counters behind the `stats` property.
+#[derive(Debug, Default, Clone)]
+struct Stats {
+    frames_in: u64,
+    frames_out: u64,
+    frame_copies: u64,
+    bytes_copied: u64,
+    vpu_time: Duration,
+    vpu_frames: u64,
+}
+
+/// How decoded frames leave the element (known after a source change).
+struct Output {
+    generation: u64,
+    layout: MetaLayout,
+    /// Set when downstream lacks GstVideoMeta and the VPU's layout is not
+    /// GStreamer's default for the caps: frames must be copied.
+    copy_to: Option<gst_video::VideoInfo>,
+    /// The VPU's layout (for the copy source).
+    info: gst_video::VideoInfo,
+}
+
+struct State {
+    engine: Arc<Engine>,
+    capture_thread: Option<JoinHandle<()>>,
+    checker: Option<Arc<Checker>>,
+    input_state:
+        Option<gst_video::VideoCodecState<'static, gst_video::video_codec_state::Readable>>,
+    /// OUTPUT queue set up, with this buffer size.
+    output_size: Option<usize>,
+    output: Option<Arc<Output>>,
+    /// After a flush the VPU rejects P-frames until a key frame: not errors.
+    quiet_errors: bool,
+    /// When each frame's first OUTPUT buffer was queued.
+    queued_at: HashMap<u32, Instant>,
+}
+
+/// What the allocation query told us about downstream.
+#[derive(Debug, Default, Clone, Copy)]
+struct Downstream {
+    video_meta: bool,
+    min_buffers: u32,
+}
+
+#[derive(Default)]
+pub struct VpuFwhtDec {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    stats: Mutex<Stats>,
+    downstream: Mutex<Downstream>,
+    /// One element error per failure: set when it is posted.
+    failed: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Raw formats an FWHT stream can decode to on the VPU.
+fn capture_formats() -> Vec<PixelFormat> {
+    PixelFormat::ALL
+        .iter()
+        .copied()
+        .filter(|&p| !p.is_coded() && fwht::supports(p))
+        .collect()
+}
+
+/// The `format` values of a caps structure, in order (a string or a list).
+fn format_names(s: &gst::StructureRef) -> Vec<String> {
+    if let Ok(f) = s.get::<String>("format") {
+        return vec![f];
+    }
+    s.get::<gst::List>("format")
+        .map(|l| l.iter().filter_map(|v| v.get::<String>().ok()).collect())
+        .unwrap_or_default()
+}
+
+impl VpuFwhtDec {
+    fn engine(&self) -> Result<Arc<Engine>, gst::FlowError> {
+        lock(&self.state)
+            .as_ref()
+            .map(|s| Arc::clone(&s.engine))
+            .ok_or(gst::FlowError::Flushing)
+    }
+
+    /// Posts the one element error of a fatal VPU failure.
+    fn post_fatal(&self, fatal: &Fatal) -> gst::FlowError {
+        if !self.failed.swap(true, Ordering::AcqRel) {
+            if fatal.timeout {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Failed,
+                    ("The VPU stopped answering"),
+                    ["{}", fatal.message]
+                );
+            } else {
+                gst::element_imp_error!(
+                    self,
+                    gst::LibraryError::Failed,
+                    ("VPU failure"),
+                    ["{}", fatal.message]
+                );
+            }
+        }
+        gst::FlowError::Error
+    }
+
+    fn check_fatal(&self, engine: &Engine) -> Result<(), gst::FlowError> {
+        match engine.fatal() {
+            Some(f) => Err(self.post_fatal(&f)),
+            None if self.failed.load(Ordering::Acquire) => Err(gst::FlowError::Error),
+            None => Ok(()),
+        }
+    }
+
+    fn m2m_error(&self, what: &str, e: &crate::m2m::M2mError) -> gst::FlowError {
+        self.post_fatal(&Fatal {
+            timeout: matches!(e, crate::m2m::M2mError::Timeout(_)),
+            message: format!("{what}: {e}"),
+        })
+    }
+
+    /// Handles everything the capture thread has made ready.
+    fn service(&self, engine: &Arc<Engine>) -> Result<(), gst::FlowError> {
+        while let Some(ready) = engine.pop_ready() {
+            match ready {
+                Ready::SourceChange(sc) => self.setup_capture(engine, &sc)?,
+                Ready::Frame(b) => self.output_frame(engine, b)?,
+            }
+        }
+        self.check_fatal(engine)
+    }
+
+    /// Picks the CAPTURE format with downstream, negotiates, and allocates
+    /// and queues the CAPTURE buffers.
+    fn setup_capture(&self, engine: &Arc<Engine>, sc: &SourceChange) -> Result<(), gst::FlowError> {
+        let obj = self.obj();
+        let filter = formats::raw_caps(&sc.formats);
+        let peer = obj.src_pad().peer_query_caps(Some(&filter));
+        let chosen = if peer.is_any() {
+            sc.formats.first().copied()
+        } else {
+            peer.iter()
+                .flat_map(format_names)
+                .filter_map(|f| formats::pixel_format(gst_video::VideoFormat::from_string(&f)))
+                .find(|p| sc.formats.contains(p))
+        };
+        let Some(pixfmt) = chosen else {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Negotiation,
+                ("Downstream accepts none of the formats this stream decodes to"),
+                ["stream formats {:?}, downstream caps {peer}", sc.formats]
+            );
+            return Err(gst::FlowError::NotNegotiated);
+        };
+        let Some(mut want) = Format::raw(pixfmt, sc.format.width, sc.format.height) else {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Negotiation,
+                [
+                    "{pixfmt} at {}x{} has no raw layout",
+                    sc.format.width,
+                    sc.format.height
+                ]
+            );
+            return Err(gst::FlowError::NotNegotiated);
+        };
+        want.colorimetry = sc.format.colorimetry;
+        let format = engine
+            .set_capture_format(&want)
+            .map_err(|e| self.m2m_error("setting the CAPTURE format", &e))?;
+        let (layout, info) =
+            match MetaLayout::of(&format).and_then(|l| Ok((l, formats::video_info(&format)?))) {
+                Ok(v) => v,
+                Err(e) => {
+                    gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{e}"]);
+                    return Err(gst::FlowError::NotNegotiated);
+                }
+            };
+        let input_state = lock(&self.state)
+            .as_ref()
+            .and_then(|s| s.input_state.clone());
+        let mut builder = gst_video::VideoInfo::builder_from_info(&info);
+        if let Some(input) = &input_state {
+            builder = builder.fps(input.info().fps()).par(input.info().par());
+        }
+        let out_info = builder.build().map_err(|e| {
+            gst::element_imp_error!(self, gst::CoreError::Negotiation, ["{e}"]);
+            gst::FlowError::NotNegotiated
+        })?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "stream {}x{}: decoding to {pixfmt} (stream allows {:?})",
+            format.width,
+            format.height,
+            sc.formats
+        );
+        let mut state = obj.set_output_state(
+            layout.video_format,
+            format.width,
+            format.height,
+            input_state.as_ref(),
+        )?;
+        state.set_info(out_info.clone());
+        obj.negotiate(state)?;
+
+        let downstream = *lock(&self.downstream);
+        let coherency = match lock(&self.settings).memory_policy {
+            MemoryPolicy::Coherent => Coherency::Coherent,
+            // Auto: CPU consumers only for now (no memory:DMABuf caps yet).
+            MemoryPolicy::Cacheable | MemoryPolicy::Auto => Coherency::Cacheable,
+        };
+        let count = sc.min_capture_buffers + downstream.min_buffers + EXTRA_CAPTURE;
+        let generation = engine
+            .start_capture(count, coherency)
+            .map_err(|e| self.m2m_error("setting up CAPTURE buffers", &e))?;
+        let copy_to = if downstream.video_meta {
+            None
+        } else {
+            let default =
+                gst_video::VideoInfo::builder(layout.video_format, format.width, format.height)
+                    .build()
+                    .map_err(|_| gst::FlowError::NotNegotiated)?;
+            let same = default.offset() == layout.offsets.as_slice()
+                && default.stride() == layout.strides.as_slice();
+            (!same).then_some(default)
+        };
+        if copy_to.is_some() {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "downstream does not take GstVideoMeta and the VPU's layout is not the default \
+                 one: every frame will be copied"
+            );
+        }
+        gst::debug!(
+            CAT,
+            imp = self,
+            "{count} CAPTURE buffers ({coherency:?}), generation {generation}"
+        );
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.output = Some(Arc::new(Output {
+                generation,
+                layout,
+                copy_to,
+                info,
+            }));
+        }
+        Ok(())
+    }
+
+    /// A CAPTURE buffer came back: finish or drop its frame.
+    fn output_frame(&self, engine: &Arc<Engine>, b: Buffer) -> Result<(), gst::FlowError> {
+        let obj = self.obj();
+        let number = b.timestamp as u32;
+        let (output, quiet, queued_at) = {
+            let mut guard = lock(&self.state);
+            let Some(s) = guard.as_mut() else {
+                return Err(gst::FlowError::Flushing);
+            };
+            let queued_at = s.queued_at.remove(&number);
+            (s.output.clone(), s.quiet_errors, queued_at)
+        };
+        let Some(output) = output else {
+            return Ok(());
+        };
+        if let Some(t) = queued_at {
+            let mut stats = lock(&self.stats);
+            stats.vpu_time += t.elapsed();
+            stats.vpu_frames += 1;
+        }
+        // Frames before this one the VPU never answered (bytes it could
+        // not use before the stream's first frame): gone for good.
+        for f in obj.frames() {
+            if f.system_frame_number() < number {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "frame {} skipped by the VPU",
+                    f.system_frame_number()
+                );
+                lock(&self.state)
+                    .as_mut()
+                    .map(|s| s.queued_at.remove(&f.system_frame_number()));
+                obj.drop_frame(f)?;
+            }
+        }
+        let frame = obj.frame(number as i32);
+        let failed = b.flags.contains(BufferFlags::ERROR) || b.bytesused == 0;
+        if failed {
+            let reason = b.error.clone().unwrap_or_else(|| "empty frame".into());
+            engine.requeue_capture(output.generation, b.index, b.region);
+            let Some(frame) = frame else {
+                return Ok(());
+            };
+            obj.drop_frame(frame)?;
+            if quiet {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "frame {number} dropped after flush: {reason}"
+                );
+                return Ok(());
+            }
+            gst_video::video_decoder_error!(
+                &*obj,
+                1,
+                gst::StreamError::Decode,
+                ("Frame {number} could not be decoded"),
+                ["{reason}"]
+            )?;
+            return Ok(());
+        }
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.quiet_errors = false;
+        }
+        let Some(mut frame) = frame else {
+            // Flushed meanwhile.
+            engine.requeue_capture(output.generation, b.index, b.region);
+            return Ok(());
+        };
+        let buffer = self.wrap(engine, &output, b)?;
+        let buffer = match &output.copy_to {
+            None => buffer,
+            Some(dst_info) => self.copy_frame(&output.info, dst_info, buffer)?,
+        };
+        frame.set_output_buffer(buffer);
+        obj.finish_frame(frame)?;
+        lock(&self.stats).frames_out += 1;
+        Ok(())
+    }
+
+    /// The CAPTURE buffer as a GstBuffer over the VPU's memory (no copy),
+    /// re-queued to the VPU when downstream frees it.
+    fn wrap(
+        &self,
+        engine: &Arc<Engine>,
+        output: &Output,
+        b: Buffer,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        let release = {
+            let engine = Arc::clone(engine);
+            let region = Arc::clone(&b.region);
+            let (generation, index) = (output.generation, b.index);
+            Box::new(move || engine.requeue_capture(generation, index, region))
+        };
+        let mem = match b.region.kind() {
+            MemoryKind::Memfd => {
+                VpuAllocator::default().wrap_with_release(Arc::clone(&b.region), release)
+            }
+            MemoryKind::DmaBuf => {
+                VpuDmaBufAllocator::default().wrap_with_release(Arc::clone(&b.region), release)
+            }
+        }
+        .map_err(|e| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Failed,
+                ["Wrapping a CAPTURE buffer: {e}"]
+            );
+            gst::FlowError::Error
+        })?;
+        let mut buffer = gst::Buffer::new();
+        {
+            let buf = buffer.get_mut().ok_or(gst::FlowError::Error)?;
+            buf.append_memory(mem);
+            output.layout.add_to(buf).map_err(|e| {
+                gst::element_imp_error!(
+                    self,
+                    gst::ResourceError::Failed,
+                    ["Adding the video meta: {e}"]
+                );
+                gst::FlowError::Error
+            })?;
+        }
+        Ok(buffer)
+    }
+
+    /// Copies a frame into GStreamer's default layout, for a downstream that
+    /// cannot read a GstVideoMeta. Counted in `frame-copies`.
+    fn copy_frame(
+        &self,
+        src_info: &gst_video::VideoInfo,
+        dst_info: &gst_video::VideoInfo,
+        src: gst::Buffer,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        let fail = |e: glib::BoolError| {
+            gst::element_imp_error!(self, gst::CoreError::Failed, ["Copying a frame: {e}"]);
+            gst::FlowError::Error
+        };
+        let src = gst_video::VideoFrame::from_buffer_readable(src, src_info)
+            .map_err(|_| fail(glib::bool_error!("cannot map the decoded frame")))?;
+        let dst = gst::Buffer::with_size(dst_info.size()).map_err(fail)?;
+        let mut dst = gst_video::VideoFrame::from_buffer_writable(dst, dst_info)
+            .map_err(|_| fail(glib::bool_error!("cannot map the output frame")))?;
+        src.copy(&mut dst).map_err(fail)?;
+        lock(&self.stats).frame_copies += 1;
+        Ok(dst.into_buffer())
+    }
+
+    /// Queues one FWHT frame (in several OUTPUT buffers if it is larger than
+    /// one), waiting for free buffers while handling what the VPU returns.
+    fn queue_frame(
+        &self,
+        engine: &Arc<Engine>,
+        number: u32,
+        data: &[u8],
+    ) -> Result<(), gst::FlowError> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            let mut starved_noted = false;
+            let mut taken = None;
+            let got = engine.wait_until(Instant::now() + VPU_WAIT, || {
+                self.service(engine)?;
+                taken = engine.try_take_output();
+                if taken.is_none() && !starved_noted {
+                    starved_noted = engine.note_output_wait();
+                }
+                Ok::<_, gst::FlowError>(taken.is_some())
+            })?;
+            let Some(mut b) = taken.filter(|_| got) else {
+                return Err(self.post_fatal(&Fatal {
+                    timeout: true,
+                    message: format!("no OUTPUT buffer came back within {VPU_WAIT:?}"),
+                }));
+            };
+            let n = rest.len().min(b.region.size());
+            b.region.cpu_write()[..n].copy_from_slice(&rest[..n]);
+            b.bytesused = n;
+            b.timestamp = u64::from(number);
+            b.flags = BufferFlags::NONE;
+            engine
+                .queue_output(b)
+                .map_err(|e| self.m2m_error("queueing an OUTPUT buffer", &e))?;
+            rest = &rest[n..];
+        }
+        Ok(())
+    }
+
+    /// Drain: every queued frame comes out (or is dropped) before this returns.
+    fn drain_all(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let Ok(engine) = self.engine() else {
+            return Ok(gst::FlowSuccess::Ok);
+        };
+        let started = lock(&self.state)
+            .as_ref()
+            .is_some_and(|s| s.output_size.is_some());
+        if started {
+            self.service(&engine)?;
+            engine
+                .drain()
+                .map_err(|e| self.m2m_error("draining the VPU", &e))?;
+            let done = engine.wait_until(Instant::now() + VPU_WAIT, || {
+                self.service(&engine)?;
+                Ok::<_, gst::FlowError>(engine.drain_state() != DrainState::Running)
+            })?;
+            if !done {
+                engine.cancel_drain();
+                return Err(self.post_fatal(&Fatal {
+                    timeout: true,
+                    message: format!("the VPU did not finish draining within {VPU_WAIT:?}"),
+                }));
+            }
+            engine.cancel_drain();
+            self.service(&engine)?;
+        }
+        // Whatever the VPU never answered is gone.
+        let obj = self.obj();
+        for f in obj.frames() {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "frame {} not decoded by the VPU: dropped",
+                f.system_frame_number()
+            );
+            obj.drop_frame(f)?;
+        }
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.queued_at.clear();
+        }
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn stats_structure(&self) -> gst::Structure {
+        let stats = lock(&self.stats).clone();
+        let (checker, starvation) = match lock(&self.state).as_ref() {
+            Some(s) => (s.checker.clone(), s.engine.starvation_waits()),
+            None => (None, 0),
+        };
+        let (syncs, violations) = checker
+            .map(|c| {
+                let s = c.stats();
+                (
+                    s.syncs_for_cpu + s.syncs_for_device,
+                    c.violation_count() as u64,
+                )
+            })
+            .unwrap_or((0, 0));
+        let per_frame = if stats.vpu_frames > 0 {
+            (stats.vpu_time.as_micros() / u128::from(stats.vpu_frames)) as u64
+        } else {
+            0
+        };
+        gst::Structure::builder("vpufwhtdec-stats")
+            .field("frames-in", stats.frames_in)
+            .field("frames-out", stats.frames_out)
+            .field("frame-copies", stats.frame_copies)
+            .field("bytes-copied", stats.bytes_copied)
+            .field("cache-syncs", syncs)
+            .field("coherency-violations", violations)
+            .field("starvation-waits", starvation)
+            .field("vpu-time-per-frame-us", per_frame)
+            .build()
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for VpuFwhtDec {
+    const NAME: &'static str = "GstVpuFwhtDec";
+    type Type = super::VpuFwhtDec;
+    type ParentType = gst_video::VideoDecoder;
+}
+
+impl ObjectImpl for VpuFwhtDec {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("device")
+                    .nick("Device")
+                    .blurb(
+                        "Which VPU decodes: \"auto\" (a kernel V4L2 codec node offering FWHT, \
+                         else the emulated VPU), \"emu\" (the in-crate emulated VPU) or a node \
+                         path like /dev/video0. Read when the element starts",
+                    )
+                    .default_value(Some(DEFAULT_DEVICE))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("memory-policy", DEFAULT_MEMORY_POLICY)
+                    .nick("Memory policy")
+                    .blurb(
+                        "CPU caching of decoded frame memory: cacheable (fast CPU reads, one \
+                         cache invalidate per frame mapped), coherent (uncached, no maintenance) \
+                         or auto (cacheable for CPU consumers, coherent for device importers; \
+                         currently always cacheable)",
+                    )
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb(
+                        "Counters since start (vpufwhtdec-stats): frames-in, frames-out, \
+                         frame-copies (frames copied instead of handed over; 0 on the zero-copy \
+                         path), bytes-copied (coded bytes written into VPU bitstream buffers), \
+                         cache-syncs and coherency-violations (from the VPU's coherency \
+                         checker, VPU-wide), starvation-waits (waits while downstream held every \
+                         decoded frame buffer), vpu-time-per-frame-us (mean microseconds from \
+                         queueing a frame to the VPU until it is decoded)",
+                    )
+                    .read_only()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        match pspec.name() {
+            "device" => {
+                let s = value
+                    .get::<Option<String>>()
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                match s.parse::<DeviceChoice>() {
+                    Ok(d) => lock(&self.settings).device = d,
+                    Err(e) => gst::warning!(CAT, imp = self, "{e}; keeping the previous device"),
+                }
+            }
+            "memory-policy" => {
+                if let Ok(p) = value.get::<MemoryPolicy>() {
+                    lock(&self.settings).memory_policy = p;
+                }
+            }
+            other => gst::warning!(CAT, imp = self, "no writable property {other}"),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        match pspec.name() {
+            "device" => lock(&self.settings).device.to_string().to_value(),
+            "memory-policy" => lock(&self.settings).memory_policy.to_value(),
+            "stats" => self.stats_structure().to_value(),
+            // GObject only asks for properties we installed.
+            _ => glib::Value::from_type(pspec.value_type()),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        let obj = self.obj();
+        // Unframed input: `parse` cuts it into FWHT frames.
+        obj.set_packetized(false);
+    }
+}
+
+impl GstObjectImpl for VpuFwhtDec {}
+
+impl ElementImpl for VpuFwhtDec {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static METADATA: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "VPU FWHT video decoder",
+                "Codec/Decoder/Video/Hardware",
+                "Decodes FWHT (the Linux vicodec format) on a VPU through the V4L2 stateful \
+                 codec model: a kernel codec node or the in-crate emulated VPU. Takes unframed \
+                 streams (a plain .fwht file) and outputs the VPU's own frame memory, without \
+                 copying, with a GstVideoMeta",
+                "gst-vpu developers",
+            )
+        });
+        Some(&*METADATA)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            let sink = gst::PadTemplate::new(
+                "sink",
+                gst::PadDirection::Sink,
+                gst::PadPresence::Always,
+                &formats::fwht_caps(None),
+            )
+            .expect("static sink template");
+            let src = gst::PadTemplate::new(
+                "src",
+                gst::PadDirection::Src,
+                gst::PadPresence::Always,
+                &formats::raw_caps(&capture_formats()),
+            )
+            .expect("static src template");
+            vec![sink, src]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl VideoDecoderImpl for VpuFwhtDec {
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let device = lock(&self.settings).device.clone();
+        let opened = device::open(&device, Role::Decoder, PixelFormat::Fwht).map_err(|e| {
+            gst::error_msg!(
+                gst::ResourceError::OpenRead,
+                ["Cannot open a FWHT decoder on device \"{device}\": {e}"]
+            )
+        })?;
+        gst::info!(
+            CAT,
+            imp = self,
+            "decoding on {} ({:?})",
+            opened.info.name,
+            opened.info.kind
+        );
+        let engine = Engine::new(opened.session);
+        let thread = engine.spawn().map_err(|e| {
+            gst::error_msg!(
+                gst::CoreError::Thread,
+                ["Cannot start the vpu-capture thread: {e}"]
+            )
+        })?;
+        self.failed.store(false, Ordering::Release);
+        *lock(&self.stats) = Stats::default();
+        *lock(&self.downstream) = Downstream::default();
+        *lock(&self.state) = Some(State {
+            engine,
+            capture_thread: Some(thread),
+            checker: opened.checker,
+            input_state: None,
+            output_size: None,
+            output: None,
+            quiet_errors: false,
+            queued_at: HashMap::new(),
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        let state = lock(&self.state).take();
+        if let Some(mut s) = state {
+            s.engine.shutdown();
+            if let Some(t) = s.capture_thread.take()
+                && t.join().is_err()
+            {
+                gst::error!(CAT, imp = self, "the vpu-capture thread panicked");
+            }
+        }
+        Ok(())
+    }
+
+    fn set_format(
+        &self,
+        input_state: &gst_video::VideoCodecState<'static, gst_video::video_codec_state::Readable>,
+    ) -> Result<(), gst::LoggableError> {
+        gst::debug!(CAT, imp = self, "input caps {:?}", input_state.caps());
+        match lock(&self.state).as_mut() {
+            Some(s) => {
+                s.input_state = Some(input_state.clone());
+                Ok(())
+            }
+            None => Err(gst::loggable_error!(CAT, "set_format before start")),
+        }
+    }
+
+    fn parse(
+        &self,
+        _frame: &gst_video::VideoCodecFrame,
+        adapter: &gst_base::Adapter,
+        at_eos: bool,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        loop {
+            let available = adapter.available();
+            if available < 4 {
+                if at_eos && available > 0 {
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "{available} trailing bytes without a frame dropped"
+                    );
+                    adapter.flush(available);
+                }
+                return Ok(gst_video::VIDEO_DECODER_FLOW_NEED_DATA);
+            }
+            let found = adapter
+                .masked_scan_uint32(0xffff_ffff, MAGIC_WORD, 0, available)
+                .ok()
+                .flatten();
+            let Some(offset) = found else {
+                // Keep 3 bytes: they may start a magic word.
+                let skip = if at_eos { available } else { available - 3 };
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "skipping {skip} bytes without a FWHT header"
+                );
+                adapter.flush(skip);
+                return Ok(gst_video::VIDEO_DECODER_FLOW_NEED_DATA);
+            };
+            if offset > 0 {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "skipping {offset} bytes before a FWHT header"
+                );
+                adapter.flush(offset);
+                continue;
+            }
+            if available < HEADER_SIZE {
+                if at_eos {
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "truncated FWHT header at the end: {available} bytes dropped"
+                    );
+                    adapter.flush(available);
+                }
+                return Ok(gst_video::VIDEO_DECODER_FLOW_NEED_DATA);
+            }
+            let bytes = adapter
+                .copy_bytes(0, HEADER_SIZE)
+                .map_err(|_| gst::FlowError::Error)?;
+            let header = match parse_header(&bytes) {
+                Ok(h) if h.payload_size as usize <= h.max_payload_size() => h,
+                Ok(h) => {
+                    gst::warning!(
+                        CAT,
+                        imp = self,
+                        "FWHT header claims a {} byte payload, at most {} fit {}x{}: resyncing",
+                        h.payload_size,
+                        h.max_payload_size(),
+                        h.width,
+                        h.height
+                    );
+                    adapter.flush(1);
+                    continue;
+                }
+                Err(e) => {
+                    gst::debug!(CAT, imp = self, "not a FWHT header ({e}): resyncing");
+                    adapter.flush(1);
+                    continue;
+                }
+            };
+            let size = header.frame_size();
+            if available < size {
+                if !at_eos {
+                    return Ok(gst_video::VIDEO_DECODER_FLOW_NEED_DATA);
+                }
+                // The VPU reports the truncated frame (and it is dropped).
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "last frame truncated: {available} of {size} bytes"
+                );
+                self.obj().add_to_frame(available as i32);
+                return self.obj().have_frame();
+            }
+            self.obj().add_to_frame(size as i32);
+            return self.obj().have_frame();
+        }
+    }
+
+    fn handle_frame(
+        &self,
+        frame: gst_video::VideoCodecFrame,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let engine = self.engine()?;
+        self.check_fatal(&engine)?;
+        let number = frame.system_frame_number();
+        let input = frame.input_buffer_owned().ok_or(gst::FlowError::Error)?;
+        drop(frame);
+        let map = input.map_readable().map_err(|_| gst::FlowError::Error)?;
+        let data = map.as_slice();
+        let output_size = lock(&self.state).as_ref().and_then(|s| s.output_size);
+        if output_size.is_none() {
+            // parse() only makes frames that start with a valid header.
+            let (w, h) = parse_header(data)
+                .map(|h| (h.width, h.height))
+                .unwrap_or((0, 0));
+            let size = engine
+                .setup_output(w, h)
+                .map_err(|e| self.m2m_error("setting up OUTPUT buffers", &e))?;
+            if let Some(s) = lock(&self.state).as_mut() {
+                s.output_size = Some(size);
+            }
+        }
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.queued_at.insert(number, Instant::now());
+        }
+        self.queue_frame(&engine, number, data)?;
+        {
+            let mut stats = lock(&self.stats);
+            stats.frames_in += 1;
+            stats.bytes_copied += data.len() as u64;
+        }
+        self.service(&engine)?;
+        Ok(gst::FlowSuccess::Ok)
+    }
+
+    fn flush(&self) -> bool {
+        let Ok(engine) = self.engine() else {
+            return true;
+        };
+        if let Err(e) = engine.flush() {
+            gst::element_imp_error!(self, gst::ResourceError::Failed, ["Flushing the VPU: {e}"]);
+            return false;
+        }
+        if let Some(s) = lock(&self.state).as_mut() {
+            s.quiet_errors = true;
+            s.queued_at.clear();
+        }
+        true
+    }
+
+    fn drain(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.drain_all()
+    }
+
+    fn finish(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
+        self.drain_all()
+    }
+
+    fn decide_allocation(
+        &self,
+        query: &mut gst::query::Allocation,
+    ) -> Result<(), gst::LoggableError> {
+        let video_meta = query
+            .find_allocation_meta::<gst_video::VideoMeta>()
+            .is_some();
+        let min_buffers = query
+            .allocation_pools()
+            .next()
+            .map(|(_, _, min, _)| min)
+            .unwrap_or(0);
+        gst::debug!(
+            CAT,
+            imp = self,
+            "downstream: video meta {video_meta}, min buffers {min_buffers}"
+        );
+        *lock(&self.downstream) = Downstream {
+            video_meta,
+            min_buffers,
+        };
+        self.parent_decide_allocation(query)
+    }
+}
