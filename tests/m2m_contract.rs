@@ -735,3 +735,67 @@ fn stream_off_racing_a_waiting_thread_loses_no_accounting() {
     let result = waiter.join().unwrap();
     assert!(result.is_ok(), "{:?}", result.err());
 }
+
+#[test]
+fn capture_grows_while_streaming_when_the_client_holds_every_buffer() {
+    let vpu = vpu();
+    let raw = Format::raw(PixelFormat::I420, 96, 64).unwrap();
+    let coded = encode(&vpu, &raw, &frames(&raw, 5), &[]);
+    let stream: Vec<u8> = coded.iter().flat_map(|c| c.data.iter().copied()).collect();
+    // manual_decoder_for queues 6 CAPTURE buffers; the client keeps every
+    // frame it gets, so after 6 frames the decoder would stall.
+    let (s, mut outs) = manual_decoder_for(&vpu, &stream, 96, 64);
+    let mut b = outs.pop().unwrap();
+    b.region.cpu_write()[..stream.len()].copy_from_slice(&stream);
+    b.bytesused = stream.len();
+    s.queue(b).unwrap();
+    let mut held = Vec::new();
+    while held.len() < 6 {
+        if let Some(Event::BufferDone(b)) = s.wait_event(Duration::from_secs(5)).unwrap()
+            && b.queue == QueueKind::Capture
+        {
+            held.push(b);
+        }
+    }
+    assert!(
+        s.wait_event(Duration::from_millis(100))
+            .unwrap()
+            .is_none_or(
+                |e| !matches!(e, Event::BufferDone(ref b) if b.queue == QueueKind::Capture)
+            ),
+        "no CAPTURE buffer left to fill"
+    );
+    let more = s
+        .add_buffers(QueueKind::Capture, 4, Memory::Allocate(Coherency::Coherent))
+        .unwrap();
+    assert_eq!(
+        more.iter().map(|b| b.index).collect::<Vec<_>>(),
+        vec![6, 7, 8, 9]
+    );
+    for b in more {
+        s.queue(b).unwrap();
+    }
+    while held.len() < 10 {
+        match s
+            .wait_event(Duration::from_secs(5))
+            .unwrap()
+            .expect("decoding resumes")
+        {
+            Event::BufferDone(b) if b.queue == QueueKind::Capture => held.push(b),
+            _ => {}
+        }
+    }
+    assert_eq!(held.iter().filter(|b| b.bytesused > 0).count(), 10);
+    let err = s
+        .add_buffers(
+            QueueKind::Capture,
+            40,
+            Memory::Allocate(Coherency::Coherent),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("32"), "{err}");
+    let err = s
+        .add_buffers(QueueKind::Capture, 1, Memory::Import)
+        .unwrap_err();
+    assert!(err.to_string().contains("memory"), "{err}");
+}

@@ -261,6 +261,16 @@ pub trait Session: Send + Sync {
         count: u32,
         memory: Memory,
     ) -> Result<Vec<Buffer>, M2mError>;
+    /// `VIDIOC_CREATE_BUFS`: adds `count` buffers to a queue, also while it
+    /// streams (a decoder whose downstream holds many frames grows its
+    /// CAPTURE pool instead of stalling). `memory` must be the queue's. The
+    /// new buffers get the next indices and come back to the client.
+    fn add_buffers(
+        &self,
+        queue: QueueKind,
+        count: u32,
+        memory: Memory,
+    ) -> Result<Vec<Buffer>, M2mError>;
     /// `VIDIOC_STREAMON`.
     fn stream_on(&self, queue: QueueKind) -> Result<(), M2mError>;
     /// `VIDIOC_STREAMOFF`: the queue stops and every buffer it held comes back

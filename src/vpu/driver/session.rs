@@ -13,6 +13,9 @@ use crate::m2m::{
 use crate::mem::{Coherency, Owner, Region};
 use crate::vpu::protocol::{self, Command, Response, Status, ctrl};
 
+/// Buffers one queue can hold (`VIDEO_MAX_FRAME`).
+const MAX_BUFFERS: usize = 32;
+
 /// One buffer slot of a host-side queue.
 #[derive(Debug, Default)]
 struct Slot {
@@ -283,6 +286,72 @@ impl EmuSession {
         Ok(())
     }
 
+    /// Appends `count` buffers to the queue's slots (indices continue after
+    /// the existing ones). A failure maps nothing: what this call mapped is
+    /// unmapped again.
+    fn create(
+        &self,
+        st: &mut HostState,
+        queue: QueueKind,
+        count: u32,
+        memory: Memory,
+    ) -> Result<Vec<Buffer>, M2mError> {
+        let first = st.queue(queue).slots.len() as u32;
+        let coherency = match memory {
+            Memory::Import => {
+                let hq = st.queue(queue);
+                hq.slots
+                    .resize_with((first + count) as usize, Slot::default);
+                return Ok(Vec::new());
+            }
+            Memory::Allocate(coherency) => coherency,
+        };
+        let size =
+            st.queue(queue)
+                .format
+                .as_ref()
+                .map(|f| f.size)
+                .ok_or(M2mError::InvalidState {
+                    queue,
+                    reason: "set a format before allocating".into(),
+                })?;
+        let config = &self.core().config;
+        let mut slots: Vec<Slot> = Vec::new();
+        let mut buffers = Vec::new();
+        for index in first..first + count {
+            let name = format!(
+                "vpu{}-{}-{}",
+                self.id,
+                queue.to_string().to_lowercase(),
+                index
+            );
+            let mapped = Region::allocate(&name, size, coherency, config.backend, &config.checker)
+                .map_err(M2mError::from)
+                .and_then(|region| self.map(&region, queue).map(|h| (region, h)));
+            match mapped {
+                Ok((region, handle)) => {
+                    buffers.push(Buffer::new(queue, index, region.clone()));
+                    slots.push(Slot {
+                        region: Some(region),
+                        handle: Some(handle),
+                        in_device: None,
+                    });
+                }
+                Err(e) => {
+                    for handle in slots.iter().filter_map(|s| s.handle) {
+                        // Best effort: the session fails anyway if the VPU
+                        // does not answer.
+                        let _ = self.command(Command::UnmapRegion { handle }, Self::refused(queue));
+                        self.core().iommu.unmap(handle);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        st.queue(queue).slots.extend(slots);
+        Ok(buffers)
+    }
+
     fn map(&self, region: &Arc<Region>, queue: QueueKind) -> Result<u32, M2mError> {
         let handle = self.core().iommu.map(region.clone());
         let size = region.size() as u64;
@@ -470,7 +539,6 @@ impl Session for EmuSession {
                 reason: "cannot reallocate buffers while streaming".into(),
             });
         }
-        let size = hq.format.as_ref().map(|f| f.size);
         self.unmap_all(&mut st, queue)?;
         let hq = st.queue(queue);
         hq.slots.clear();
@@ -478,55 +546,38 @@ impl Session for EmuSession {
         if count == 0 {
             return Ok(Vec::new());
         }
-        let mut buffers = Vec::new();
-        match memory {
-            Memory::Import => {
-                hq.slots.resize_with(count as usize, Slot::default);
-            }
-            Memory::Allocate(coherency) => {
-                let size = size.ok_or(M2mError::InvalidState {
-                    queue,
-                    reason: "set a format before allocating".into(),
-                })?;
-                let config = &self.core().config;
-                let mut slots = Vec::new();
-                for index in 0..count {
-                    let name = format!(
-                        "vpu{}-{}-{}",
-                        self.id,
-                        queue.to_string().to_lowercase(),
-                        index
-                    );
-                    let region =
-                        Region::allocate(&name, size, coherency, config.backend, &config.checker)?;
-                    let handle = self.map(&region, queue);
-                    let handle = match handle {
-                        Ok(h) => h,
-                        Err(e) => {
-                            for s in &slots {
-                                let Slot {
-                                    handle: Some(h), ..
-                                } = s
-                                else {
-                                    continue;
-                                };
-                                self.core().iommu.unmap(*h);
-                            }
-                            return Err(e);
-                        }
-                    };
-                    buffers.push(Buffer::new(queue, index, region.clone()));
-                    slots.push(Slot {
-                        region: Some(region),
-                        handle: Some(handle),
-                        in_device: None,
-                    });
-                }
-                st.queue(queue).slots = slots;
-            }
-        }
+        let buffers = self.create(&mut st, queue, count, memory)?;
         st.queue(queue).memory = Some(memory);
         Ok(buffers)
+    }
+
+    fn add_buffers(
+        &self,
+        queue: QueueKind,
+        count: u32,
+        memory: Memory,
+    ) -> Result<Vec<Buffer>, M2mError> {
+        let mut st = lock(&self.state);
+        let hq = st.queue(queue);
+        if hq.memory != Some(memory) {
+            return Err(M2mError::InvalidState {
+                queue,
+                reason: format!(
+                    "buffers can only be added with the queue's memory ({:?}), not {memory:?}",
+                    hq.memory
+                ),
+            });
+        }
+        let have = hq.slots.len();
+        if have + count as usize > MAX_BUFFERS {
+            return Err(M2mError::InvalidState {
+                queue,
+                reason: format!(
+                    "{have} buffers plus {count} exceeds the {MAX_BUFFERS} a queue can hold"
+                ),
+            });
+        }
+        self.create(&mut st, queue, count, memory)
     }
 
     fn stream_on(&self, queue: QueueKind) -> Result<(), M2mError> {
