@@ -52,8 +52,10 @@ fn psnr(a: &[u8], b: &[u8]) -> f64 {
     gstrsvpu::vpu::codec::fwht::psnr(a, b)
 }
 
+/// What a sink received: per frame, its timestamp and visible planes. The
+/// buffers themselves are released at once, as a display would.
 struct Taken {
-    frames: Vec<(gst::Buffer, gst::Caps)>,
+    frames: Vec<(Option<gst::ClockTime>, Vec<Vec<u8>>)>,
 }
 
 fn tap(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Taken>> {
@@ -66,7 +68,8 @@ fn tap(pipeline: &gst::Pipeline, name: &str) -> Arc<Mutex<Taken>> {
         let buffer = args[1].get::<gst::Buffer>().expect("buffer");
         let pad = args[2].get::<gst::Pad>().expect("pad");
         let caps = pad.current_caps().expect("negotiated");
-        t.lock().expect("lock").frames.push((buffer, caps));
+        let planes = visible(&buffer, &caps);
+        t.lock().expect("lock").frames.push((buffer.pts(), planes));
         None
     });
     taken
@@ -129,11 +132,10 @@ fn check(format: &str, width: u32, height: u32, qp: u32) -> f64 {
         "{what}: N frames in, N frames out"
     );
     let mut worst = f64::INFINITY;
-    for (i, ((sb, sc), (ob, oc))) in src.frames.iter().zip(&out.frames).enumerate() {
-        assert_eq!(ob.pts(), sb.pts(), "{what}: frame {i} keeps its timestamp");
-        let (a, b) = (visible(sb, sc), visible(ob, oc));
+    for (i, ((sp, a), (op, b))) in src.frames.iter().zip(&out.frames).enumerate() {
+        assert_eq!(op, sp, "{what}: frame {i} keeps its timestamp");
         assert_eq!(a.len(), b.len(), "{what}: plane count");
-        for (pa, pb) in a.iter().zip(&b) {
+        for (pa, pb) in a.iter().zip(b) {
             assert_eq!(pa.len(), pb.len(), "{what}: plane size");
             worst = worst.min(psnr(pa, pb));
         }
@@ -146,24 +148,26 @@ fn check(format: &str, width: u32, height: u32, qp: u32) -> f64 {
     worst
 }
 
-/// Every format both elements take, with the PSNR floor its family reaches
-/// at the default quantiser (20) on videotestsrc's ball.
+/// Every format both elements take, with its PSNR floor at the default
+/// quantiser (20) on videotestsrc's ball. Measured worst cases: 47.9 dB
+/// (planar and semi-planar YUV, GRAY8), 50.9 dB (packed 4:2:2), 48.7 dB
+/// (24-bit RGB), 49.9 dB (32-bit RGB).
 const FORMATS: &[(&str, f64)] = &[
-    ("I420", 30.0),
-    ("YV12", 30.0),
-    ("NV12", 30.0),
-    ("NV21", 30.0),
-    ("Y42B", 30.0),
-    ("NV16", 30.0),
-    ("YUY2", 30.0),
-    ("UYVY", 30.0),
-    ("GRAY8", 30.0),
-    ("RGB", 30.0),
-    ("BGR", 30.0),
-    ("BGRx", 30.0),
-    ("xRGB", 30.0),
-    ("RGBx", 30.0),
-    ("xBGR", 30.0),
+    ("I420", 45.0),
+    ("YV12", 45.0),
+    ("NV12", 45.0),
+    ("NV21", 45.0),
+    ("Y42B", 45.0),
+    ("NV16", 45.0),
+    ("YUY2", 45.0),
+    ("UYVY", 45.0),
+    ("GRAY8", 45.0),
+    ("RGB", 45.0),
+    ("BGR", 45.0),
+    ("BGRx", 45.0),
+    ("xRGB", 45.0),
+    ("RGBx", 45.0),
+    ("xBGR", 45.0),
 ];
 
 #[test]
@@ -182,9 +186,11 @@ fn every_format_round_trips_above_its_psnr_floor() {
 #[test]
 fn the_finest_quantiser_is_near_lossless() {
     // QP 1 keeps every coefficient at full precision: what remains is the
-    // transform's rounding, far below visible error.
+    // transform's rounding, far below visible error (measured: 55.4 dB YUV
+    // and GRAY8, 56.7 dB RGB). FWHT has no lossless mode, so there is no
+    // exact-match case to assert.
     for format in ["I420", "RGB", "GRAY8"] {
         let p = check(format, 320, 240, 1);
-        assert!(p >= 45.0, "{format}: worst PSNR {p:.1} dB at QP 1");
+        assert!(p >= 52.0, "{format}: worst PSNR {p:.1} dB at QP 1");
     }
 }
