@@ -18,6 +18,7 @@ use gst::prelude::*;
 mod copy;
 mod engine;
 mod imp;
+mod pool;
 
 glib::wrapper! {
     pub struct VpuFwhtEnc(ObjectSubclass<imp::VpuFwhtEnc>)
