@@ -7,6 +7,7 @@
 //! The element runs on the emulated VPU with its coherency checker on; every
 //! test that encodes asserts that the checker saw no violation.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -36,6 +37,8 @@ struct Out {
     buffers: Vec<gst::Buffer>,
     caps: Option<gst::Caps>,
     stats: Option<gst::Structure>,
+    /// Distinct VPU regions among the buffers the encoder (`enc`) received.
+    input_regions: usize,
 }
 
 /// Runs `desc` (ending in a `fakesink name=sink`) to EOS and collects what
@@ -49,6 +52,21 @@ fn run(desc: &str) -> Out {
     let sink = pipeline.by_name("sink").unwrap();
     sink.set_property("sync", false);
     sink.set_property("signal-handoffs", true);
+    let regions: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    if let Some(enc) = pipeline.by_name("enc") {
+        let regions = Arc::clone(&regions);
+        enc.static_pad("sink")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                if let Some(b) = info.buffer()
+                    && b.n_memory() == 1
+                    && let Some(r) = gstrsvpu::allocator::region(b.peek_memory(0))
+                {
+                    regions.lock().unwrap().insert(r.id());
+                }
+                gst::PadProbeReturn::Ok
+            });
+    }
     let got: Arc<Mutex<(Vec<gst::Buffer>, Option<gst::Caps>)>> = Arc::default();
     let got2 = Arc::clone(&got);
     sink.connect("handoff", false, move |args| {
@@ -75,10 +93,12 @@ fn run(desc: &str) -> Out {
         .map(|e| e.property::<gst::Structure>("stats"));
     pipeline.set_state(gst::State::Null).unwrap();
     let (buffers, caps) = std::mem::take(&mut *got.lock().unwrap());
+    let input_regions = regions.lock().unwrap().len();
     Out {
         buffers,
         caps,
         stats,
+        input_regions,
     }
 }
 
@@ -140,78 +160,158 @@ const CASES: &[(&str, PixelFormat)] = &[
     ("BGRx", PixelFormat::Xbgr32),
 ];
 
-#[test]
-fn every_format_and_size_matches_the_bare_encoder() {
-    const N: usize = 8;
-    for &(name, pf) in CASES {
-        for (w, h) in [(320u32, 240u32), (322, 242)] {
-            let src = format!(
-                "videotestsrc num-buffers={N} pattern=ball ! video/x-raw,format={name},width={w},height={h},framerate=30/1"
-            );
-            let raw_out = run(&format!("{src} ! fakesink name=sink"));
-            let coded = run(&format!(
-                "{src} ! vpufwhtenc name=enc gop-size=4 ! fakesink name=sink"
-            ));
-            let what = format!("{name} {w}x{h}");
-            assert_eq!(raw_out.buffers.len(), N, "{what}: source frames");
-            assert_eq!(coded.buffers.len(), N, "{what}: N frames in, N out");
+/// How frames reach the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// videotestsrc writes into the pool the encoder proposes: no copy.
+    Pool,
+    /// `identity drop-allocation=true` hides the pool: videotestsrc writes
+    /// system memory and the encoder copies each frame once.
+    Copy,
+}
 
-            let caps = coded.caps.unwrap();
-            let s = caps.structure(0).unwrap();
-            assert_eq!(s.name(), "video/x-fwht", "{what}");
-            assert_eq!(s.get::<i32>("width").unwrap(), w as i32, "{what}");
-            assert_eq!(s.get::<i32>("height").unwrap(), h as i32, "{what}");
+impl Route {
+    fn between(self) -> &'static str {
+        match self {
+            Route::Pool => "",
+            Route::Copy => "identity drop-allocation=true ! ",
+        }
+    }
+}
+
+/// Encodes `n` frames of the ball in `format` at `w`x`h` with gop-size=4 by
+/// `route`, and checks the stream byte for byte against the bare encoder on
+/// the source's frames, the caps, timestamps and the stats. Returns the stats.
+fn check_against_bare_encoder(
+    (name, pf): (&str, PixelFormat),
+    (w, h): (u32, u32),
+    n: usize,
+    route: Route,
+) -> gst::Structure {
+    let src = format!(
+        "videotestsrc num-buffers={n} pattern=ball ! video/x-raw,format={name},width={w},height={h},framerate=30/1"
+    );
+    let raw_out = run(&format!("{src} ! fakesink name=sink"));
+    let coded = run(&format!(
+        "{src} ! {}vpufwhtenc name=enc gop-size=4 ! fakesink name=sink",
+        route.between()
+    ));
+    let what = format!("{name} {w}x{h} {route:?}");
+    assert_eq!(raw_out.buffers.len(), n, "{what}: source frames");
+    assert_eq!(coded.buffers.len(), n, "{what}: N frames in, N out");
+
+    let caps = coded.caps.unwrap();
+    let s = caps.structure(0).unwrap();
+    assert_eq!(s.name(), "video/x-fwht", "{what}");
+    assert_eq!(s.get::<i32>("width").unwrap(), w as i32, "{what}");
+    assert_eq!(s.get::<i32>("height").unwrap(), h as i32, "{what}");
+    assert_eq!(
+        s.get::<gst::Fraction>("framerate").unwrap(),
+        gst::Fraction::new(30, 1),
+        "{what}"
+    );
+
+    let info = gst_video::VideoInfo::from_caps(raw_out.caps.as_ref().unwrap()).unwrap();
+    let mut raw = Format::raw(pf, w, h).unwrap();
+    // The colorimetry mapping is tested with the format tables; here
+    // the header's colour fields come from the element's stream.
+    let first = parse_header(&coded.buffers[0].map_readable().unwrap()).unwrap();
+    assert_eq!((first.width, first.height), (w, h), "{what}");
+    assert_ne!(first.colorimetry.colorspace, 0, "{what}: colorspace is set");
+    raw.colorimetry = first.colorimetry;
+    let frames: Vec<Vec<u8>> = raw_out
+        .buffers
+        .iter()
+        .map(|b| contract_layout(b, &info, &raw))
+        .collect();
+    let params = EncoderParams {
+        gop_size: 4,
+        ..EncoderParams::default()
+    };
+    let expected = bare_encode(&raw, params, &frames);
+    for (i, (b, (data, key))) in coded.buffers.iter().zip(&expected).enumerate() {
+        assert_eq!(b.pts(), raw_out.buffers[i].pts(), "{what}: frame {i} pts");
+        assert_eq!(
+            &b.map_readable().unwrap()[..],
+            &data[..],
+            "{what}: frame {i} equals the bare encoder"
+        );
+        assert_eq!(is_key(b), *key, "{what}: frame {i} key flag");
+    }
+    assert!(is_key(&coded.buffers[0]), "{what}: starts with a key frame");
+    assert!(
+        expected.iter().any(|(_, k)| !k),
+        "{what}: the clip has P frames"
+    );
+
+    let stats = coded.stats.unwrap();
+    assert_eq!(stat(&stats, "frames-in"), n as u64, "{what}");
+    assert_eq!(stat(&stats, "frames-out"), n as u64, "{what}");
+    assert_eq!(stat(&stats, "coherency-violations"), 0, "{what}: {stats}");
+    match route {
+        Route::Pool => {
+            assert_eq!(stat(&stats, "frame-copies"), 0, "{what}: {stats}");
+            assert_eq!(stat(&stats, "bytes-copied"), 0, "{what}: {stats}");
+            assert_eq!(stat(&stats, "imported-frames"), n as u64, "{what}: {stats}");
+            // Each pool buffer is mapped into the VPU once: a handful of
+            // buffers circulate, far fewer than the frames.
+            let maps = stat(&stats, "import-maps");
             assert_eq!(
-                s.get::<gst::Fraction>("framerate").unwrap(),
-                gst::Fraction::new(30, 1),
-                "{what}"
+                maps, coded.input_regions as u64,
+                "{what}: one VPU mapping per pool buffer: {stats}"
             );
-
-            let info = gst_video::VideoInfo::from_caps(raw_out.caps.as_ref().unwrap()).unwrap();
-            let mut raw = Format::raw(pf, w, h).unwrap();
-            // The colorimetry mapping is tested with the format tables; here
-            // the header's colour fields come from the element's stream.
-            let first = parse_header(&coded.buffers[0].map_readable().unwrap()).unwrap();
-            assert_eq!((first.width, first.height), (w, h), "{what}");
-            assert_ne!(first.colorimetry.colorspace, 0, "{what}: colorspace is set");
-            raw.colorimetry = first.colorimetry;
-            let frames: Vec<Vec<u8>> = raw_out
-                .buffers
-                .iter()
-                .map(|b| contract_layout(b, &info, &raw))
-                .collect();
-            let params = EncoderParams {
-                gop_size: 4,
-                ..EncoderParams::default()
-            };
-            let expected = bare_encode(&raw, params, &frames);
-            for (i, (b, (data, key))) in coded.buffers.iter().zip(&expected).enumerate() {
-                assert_eq!(b.pts(), raw_out.buffers[i].pts(), "{what}: frame {i} pts");
-                assert_eq!(
-                    &b.map_readable().unwrap()[..],
-                    &data[..],
-                    "{what}: frame {i} equals the bare encoder"
-                );
-                assert_eq!(is_key(b), *key, "{what}: frame {i} key flag");
-            }
-            assert!(is_key(&coded.buffers[0]), "{what}: starts with a key frame");
             assert!(
-                expected.iter().any(|(_, k)| !k),
-                "{what}: the clip has P frames"
+                (1..=IMPORT_SLOTS).contains(&maps),
+                "{what}: {maps} maps for {n} frames: {stats}"
             );
-
-            let stats = coded.stats.unwrap();
-            assert_eq!(stat(&stats, "frames-in"), N as u64, "{what}");
-            assert_eq!(stat(&stats, "frames-out"), N as u64, "{what}");
+        }
+        Route::Copy => {
             assert_eq!(
                 stat(&stats, "frame-copies"),
-                N as u64,
+                n as u64,
                 "{what}: one copy each"
             );
             assert!(stat(&stats, "bytes-copied") > 0, "{what}");
             assert_eq!(stat(&stats, "imported-frames"), 0, "{what}");
-            assert_eq!(stat(&stats, "coherency-violations"), 0, "{what}");
+            assert_eq!(stat(&stats, "import-maps"), 0, "{what}");
         }
+    }
+    stats
+}
+
+/// The encoder's import slots (engine.rs): at most this many VPU mappings
+/// when the pool's buffers are reused.
+const IMPORT_SLOTS: u64 = 16;
+
+#[test]
+fn every_format_and_size_matches_the_bare_encoder() {
+    for &case in CASES {
+        for size in [(320u32, 240u32), (322, 242)] {
+            check_against_bare_encoder(case, size, 8, Route::Copy);
+        }
+    }
+}
+
+#[test]
+fn the_proposed_pool_makes_input_zero_copy_in_every_format() {
+    for &case in CASES {
+        for size in [(320u32, 240u32), (322, 242)] {
+            check_against_bare_encoder(case, size, 8, Route::Pool);
+        }
+    }
+}
+
+#[test]
+fn the_proposed_pool_is_reused_over_a_long_run() {
+    for (case, size) in [
+        (("I420", PixelFormat::I420), (320, 240)),
+        (("NV12", PixelFormat::Nv12), (322, 242)),
+    ] {
+        let stats = check_against_bare_encoder(case, size, 60, Route::Pool);
+        assert!(
+            stat(&stats, "cache-syncs") > 0,
+            "cacheable frames are cleaned: {stats}"
+        );
     }
 }
 

@@ -36,11 +36,17 @@ use crate::sys::DmaBackend;
 
 /// OUTPUT slots bound to our own regions (frames copied in).
 pub(super) const COPY_SLOTS: u32 = 4;
-/// OUTPUT slots for upstream memory queued without a copy. Enough for the
-/// buffers of the pool the element proposes in steady state (its minimum plus
-/// what the producer and the one frame of latency hold), so each of them
-/// stays bound to one slot and the VPU maps it once.
-pub(super) const IMPORT_SLOTS: u32 = 8;
+/// OUTPUT slots for upstream memory queued without a copy. More than the
+/// buffers of upstream's pool in steady state, so that each of them stays
+/// bound to one slot and the VPU maps it once (see [`IMPORT_DEPTH`]).
+pub(super) const IMPORT_SLOTS: u32 = 16;
+/// Most imported frames in the VPU at once. This, not the slot count, bounds
+/// how far a producer runs ahead: it holds at most `IMPORT_DEPTH` buffers in
+/// the VPU, as many again coded but not yet pushed (they leave at the next
+/// frame), and the one it fills; `2 * IMPORT_DEPTH + 1 < IMPORT_SLOTS`, so the
+/// pool the element proposes never outgrows the slots.
+pub(super) const IMPORT_DEPTH: usize = 4;
+const _: () = assert!(2 * IMPORT_DEPTH + 1 < IMPORT_SLOTS as usize);
 /// CAPTURE (bitstream) buffers.
 pub(super) const CAPTURE_BUFFERS: u32 = 4;
 /// How often the capture thread looks at its stop flag.
@@ -335,6 +341,9 @@ impl Engine {
         let known = &self.import_regions;
         let bound_at = &self.import_bound_at;
         self.wait_for(|i| {
+            if IMPORT_SLOTS as usize - i.free_import.len() >= IMPORT_DEPTH {
+                return None;
+            }
             let held = |s: &u32| known[(s - COPY_SLOTS) as usize];
             let pos = i
                 .free_import
