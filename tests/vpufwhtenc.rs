@@ -449,3 +449,198 @@ fn a_device_that_cannot_open_is_a_clear_error() {
     assert!(!errors.is_empty() && errors.len() <= 2, "{errors:?}");
     assert!(errors[0].contains("/dev/video99"), "{errors:?}");
 }
+
+/// Pushes `n` test-pattern frames of `raw` through a harness encoder,
+/// calling `change` on the element just before frame `at` is pushed (the
+/// element is PLAYING then), and returns the coded frames and the stream's
+/// colorimetry.
+fn encode_with_change(
+    raw: &Format,
+    n: u32,
+    at: u32,
+    change: impl Fn(&gst::Element),
+) -> (Vec<gst::Buffer>, Vec<Vec<u8>>, Format) {
+    let (mut h, info) = harness(raw, &[]);
+    let mut frames = Vec::new();
+    for i in 0..n {
+        if i == at {
+            change(&h.element().unwrap());
+        }
+        let b = pattern_buffer(raw, i, &info);
+        frames.push(b.map_readable().unwrap().to_vec());
+        h.push(b).unwrap();
+    }
+    h.push_event(gst::event::Eos::new());
+    let out = pull_all(&mut h);
+    assert_eq!(out.len(), n as usize, "N frames in, N out");
+    let mut raw_c = raw.clone();
+    raw_c.colorimetry = parse_header(&out[0].map_readable().unwrap())
+        .unwrap()
+        .colorimetry;
+    let stats = h.element().unwrap().property::<gst::Structure>("stats");
+    assert_eq!(stat(&stats, "coherency-violations"), 0, "{stats}");
+    (out, frames, raw_c)
+}
+
+/// The bare encoder with `before` for frames `..at` and `after` from `at`.
+fn bare_encode_switched(
+    raw: &Format,
+    frames: &[Vec<u8>],
+    at: usize,
+    before: EncoderParams,
+    after: EncoderParams,
+) -> Vec<(Vec<u8>, bool)> {
+    let mut enc = gstrsvpu::vpu::codec::fwht::FwhtEncoder::new(raw, before).unwrap();
+    let max = gstrsvpu::vpu::codec::fwht::FwhtEncoder::max_frame_size(raw);
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if i == at {
+                enc.set_params(after).unwrap();
+            }
+            let mut dst = vec![0; max];
+            let e = enc.encode(f, &mut dst).unwrap();
+            dst.truncate(e.bytes);
+            (dst, e.keyframe)
+        })
+        .collect()
+}
+
+fn assert_stream_eq(out: &[gst::Buffer], expected: &[(Vec<u8>, bool)], what: &str) {
+    assert_eq!(out.len(), expected.len(), "{what}");
+    for (i, (b, (data, key))) in out.iter().zip(expected).enumerate() {
+        assert_eq!(
+            &b.map_readable().unwrap()[..],
+            &data[..],
+            "{what}: frame {i} equals the bare encoder"
+        );
+        assert_eq!(is_key(b), *key, "{what}: frame {i} key flag");
+    }
+}
+
+const DEFAULT_PARAMS: EncoderParams = EncoderParams {
+    gop_size: 10,
+    i_frame_qp: 20,
+    p_frame_qp: 20,
+};
+
+#[test]
+fn controls_changed_while_playing_apply_from_the_next_frame() {
+    let raw = Format::raw(PixelFormat::I420, 160, 120).unwrap();
+    let after = EncoderParams {
+        gop_size: 3,
+        i_frame_qp: 8,
+        p_frame_qp: 30,
+    };
+    for at in [1u32, 5] {
+        let (out, frames, raw_c) = encode_with_change(&raw, 14, at, |e| {
+            assert_eq!(e.current_state(), gst::State::Playing);
+            e.set_property("gop-size", after.gop_size);
+            e.set_property("i-frame-qp", after.i_frame_qp);
+            e.set_property("p-frame-qp", after.p_frame_qp);
+        });
+        let expected = bare_encode_switched(&raw_c, &frames, at as usize, DEFAULT_PARAMS, after);
+        assert_stream_eq(
+            &out,
+            &expected,
+            &format!("properties set before frame {at}"),
+        );
+        let keys: Vec<bool> = out.iter().map(|b| is_key(b)).collect();
+        assert!(
+            keys.iter().filter(|&&k| k).count() >= 3,
+            "gop-size=3 took effect: {keys:?}"
+        );
+    }
+}
+
+fn extra_controls(s: &str) -> gst::Structure {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+#[test]
+fn extra_controls_set_the_vicodec_controls_by_name() {
+    let raw = Format::raw(PixelFormat::Nv12, 162, 122).unwrap();
+    let after = EncoderParams {
+        gop_size: 5,
+        i_frame_qp: 10,
+        p_frame_qp: 30,
+    };
+    let (out, frames, raw_c) = encode_with_change(&raw, 12, 4, |e| {
+        e.set_property(
+            "extra-controls",
+            extra_controls(
+                "controls,video_gop_size=5,fwht_i_frame_qp_value=10,fwht_p_frame_qp_value=30",
+            ),
+        );
+        // They are the properties' values now.
+        assert_eq!(e.property::<u32>("gop-size"), 5);
+        assert_eq!(e.property::<u32>("i-frame-qp"), 10);
+        assert_eq!(e.property::<u32>("p-frame-qp"), 30);
+    });
+    let expected = bare_encode_switched(&raw_c, &frames, 4, DEFAULT_PARAMS, after);
+    assert_stream_eq(&out, &expected, "extra-controls in PLAYING");
+}
+
+#[test]
+fn extra_controls_in_a_launch_line_and_unknown_names_warn() {
+    init();
+    let pipeline = gst::parse::launch(
+        "videotestsrc num-buffers=6 pattern=ball ! video/x-raw,format=I420,width=160,height=120 \
+         ! vpufwhtenc name=enc extra-controls=\"controls,video_gop_size=1\" ! fakesink name=sink",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let enc = pipeline.by_name("enc").unwrap();
+    assert_eq!(enc.property::<u32>("gop-size"), 1, "from the launch line");
+    let s = enc
+        .property::<Option<gst::Structure>>("extra-controls")
+        .unwrap();
+    assert_eq!(
+        s.get::<i32>("video_gop_size").unwrap(),
+        1,
+        "reads back: {s}"
+    );
+
+    // In the pipeline, a bad field is a warning on the bus naming it; the
+    // good ones still apply.
+    let bus = pipeline.bus().unwrap();
+    enc.set_property(
+        "extra-controls",
+        extra_controls(
+            "controls,video_bitrate_mode=1,fwht_p_frame_qp_value=99,video_gop_size=1,fwht_i_frame_qp_value=3",
+        ),
+    );
+    let mut warnings = Vec::new();
+    while let Some(m) = bus.pop_filtered(&[gst::MessageType::Warning]) {
+        if let gst::MessageView::Warning(w) = m.view() {
+            warnings.push(w.error().to_string());
+        }
+    }
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("'video_bitrate_mode' does not exist"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].contains("'fwht_p_frame_qp_value' takes 1..=31, got 99"),
+        "{warnings:?}"
+    );
+    assert_eq!(enc.property::<u32>("i-frame-qp"), 3);
+    assert_eq!(
+        enc.property::<u32>("p-frame-qp"),
+        20,
+        "the bad value is ignored"
+    );
+
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS within 30 s");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+}

@@ -159,10 +159,13 @@ pub struct VpuFwhtEnc {
     error_posted: AtomicBool,
 }
 
+/// An `extra-controls` name, how its value becomes a [`Control`], its range.
+type ExtraControl = (&'static str, fn(u32) -> Control, (u32, u32));
+
 /// The V4L2 controls `extra-controls` knows, by the name `v4l2-ctl -l`
 /// prints for vicodec's encoder (the v4l2 elements' syntax), with how each
 /// becomes a [`Control`] and its range.
-const EXTRA_CONTROLS: &[(&str, fn(u32) -> Control, (u32, u32))] = &[
+const EXTRA_CONTROLS: &[ExtraControl] = &[
     (
         "video_gop_size",
         Control::GopSize,
@@ -673,7 +676,7 @@ impl ObjectImpl for VpuFwhtEnc {
         drop(settings);
         for e in rejected {
             gst::warning!(CAT, imp = self, "extra-controls: {e}");
-            gst::element_imp_warning!(self, gst::ResourceError::Settings, ["extra-controls: {e}"]);
+            gst::element_imp_warning!(self, gst::ResourceError::Settings, ("extra-controls: {e}"));
         }
     }
 
