@@ -1,217 +1,58 @@
 //! The `vpufwhtenc` element: videotestsrc pipelines in six raw formats at an
 //! even and an odd size, byte for byte against the bare FWHT encoder; GOP,
 //! QP and force-key-unit; EOS on 0, 1 and 2 frames; a caps change mid-stream;
-//! zero-copy import of VPU memory; several encoders at once; state cycles;
+//! zero-copy import of VPU memory and the proposed pool; controls changed
+//! while PLAYING and extra-controls; several encoders at once; state cycles;
 //! the stats; gst-inspect; and the pipelines/encode-fwht.sh example.
 //!
 //! The element runs on the emulated VPU with its coherency checker on; every
-//! test that encodes asserts that the checker saw no violation.
+//! test that encodes asserts that the checker saw no violation. The same
+//! pool checks under a simulated write-back cache are in
+//! `vpufwhtenc_simulate.rs`.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gst::prelude::*;
-use gst_video::prelude::*;
 use gstrsvpu::allocator::VpuAllocator;
 use gstrsvpu::m2m::{Format, PixelFormat};
 use gstrsvpu::mem::{Checker, CheckerConfig, Coherency, Region};
 use gstrsvpu::sys::DmaBackend;
-use gstrsvpu::vpu::codec::fwht::{self, EncoderParams, FwhtEncoder, parse_header};
+use gstrsvpu::vpu::codec::fwht::{self, EncoderParams, parse_header};
 
-fn init() {
-    static INIT: OnceLock<()> = OnceLock::new();
-    INIT.get_or_init(|| {
-        gst::init().expect("GStreamer initialises");
-        gstrsvpu::plugin_register_static().expect("registering the rsvpu plugin");
-        assert!(
-            gst::ElementFactory::find("vpufwhtenc").is_some(),
-            "vpufwhtenc is registered"
-        );
-    });
-}
-
-/// What the sink received.
-struct Out {
-    buffers: Vec<gst::Buffer>,
-    caps: Option<gst::Caps>,
-    stats: Option<gst::Structure>,
-}
-
-/// Runs `desc` (ending in a `fakesink name=sink`) to EOS and collects what
-/// the sink received (no appsink: gstreamer-app is not a dependency).
-fn run(desc: &str) -> Out {
-    init();
-    let pipeline = gst::parse::launch(desc)
-        .unwrap_or_else(|e| panic!("{desc}: {e}"))
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let sink = pipeline.by_name("sink").unwrap();
-    sink.set_property("sync", false);
-    sink.set_property("signal-handoffs", true);
-    let got: Arc<Mutex<(Vec<gst::Buffer>, Option<gst::Caps>)>> = Arc::default();
-    let got2 = Arc::clone(&got);
-    sink.connect("handoff", false, move |args| {
-        let buffer = args[1].get::<gst::Buffer>().unwrap();
-        let pad = args[2].get::<gst::Pad>().unwrap();
-        let mut g = got2.lock().unwrap();
-        g.1 = pad.current_caps();
-        g.0.push(buffer);
-        None
-    });
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .unwrap_or_else(|| panic!("{desc}: no EOS within 30 s"));
-    if let gst::MessageView::Error(e) = msg.view() {
-        panic!("{desc}: {} ({:?})", e.error(), e.debug());
-    }
-    let stats = pipeline
-        .by_name("enc")
-        .map(|e| e.property::<gst::Structure>("stats"));
-    pipeline.set_state(gst::State::Null).unwrap();
-    let (buffers, caps) = std::mem::take(&mut *got.lock().unwrap());
-    Out {
-        buffers,
-        caps,
-        stats,
-    }
-}
-
-fn stat(s: &gst::Structure, name: &str) -> u64 {
-    s.get::<u64>(name).unwrap_or_else(|e| panic!("{name}: {e}"))
-}
-
-/// Lays a raw GStreamer frame out per `raw` with zero padding (independently
-/// of the element's own copy).
-fn contract_layout(buffer: &gst::BufferRef, info: &gst_video::VideoInfo, raw: &Format) -> Vec<u8> {
-    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info).unwrap();
-    let finfo = info.format_info();
-    let mut out = vec![0u8; raw.size];
-    for (p, layout) in raw.planes.iter().enumerate() {
-        let (mut bytes, mut rows) = (0usize, 0usize);
-        for c in 0..finfo.n_components() as u8 {
-            if finfo.plane()[c as usize] as usize == p {
-                bytes = bytes.max(
-                    finfo.scale_width(c, info.width()) as usize
-                        * finfo.pixel_stride()[c as usize] as usize,
-                );
-                rows = rows.max(finfo.scale_height(c, info.height()) as usize);
-            }
-        }
-        let src = frame.plane_data(p as u32).unwrap();
-        let stride = frame.plane_stride()[p] as usize;
-        for r in 0..rows {
-            let d = layout.offset + r * layout.stride;
-            out[d..d + bytes].copy_from_slice(&src[r * stride..r * stride + bytes]);
-        }
-    }
-    out
-}
-
-/// The bare codec on `frames`: (coded bytes, keyframe) per frame.
-fn bare_encode(raw: &Format, params: EncoderParams, frames: &[Vec<u8>]) -> Vec<(Vec<u8>, bool)> {
-    let mut enc = FwhtEncoder::new(raw, params).unwrap();
-    frames
-        .iter()
-        .map(|f| {
-            let mut dst = vec![0; FwhtEncoder::max_frame_size(raw)];
-            let e = enc.encode(f, &mut dst).unwrap();
-            dst.truncate(e.bytes);
-            (dst, e.keyframe)
-        })
-        .collect()
-}
-
-fn is_key(b: &gst::BufferRef) -> bool {
-    !b.flags().contains(gst::BufferFlags::DELTA_UNIT)
-}
-
-const CASES: &[(&str, PixelFormat)] = &[
-    ("I420", PixelFormat::I420),
-    ("NV12", PixelFormat::Nv12),
-    ("YUY2", PixelFormat::Yuyv),
-    ("GRAY8", PixelFormat::Grey),
-    ("RGB", PixelFormat::Rgb24),
-    ("BGRx", PixelFormat::Xbgr32),
-];
+mod vpufwhtenc_support;
+use vpufwhtenc_support::*;
 
 #[test]
 fn every_format_and_size_matches_the_bare_encoder() {
-    const N: usize = 8;
-    for &(name, pf) in CASES {
-        for (w, h) in [(320u32, 240u32), (322, 242)] {
-            let src = format!(
-                "videotestsrc num-buffers={N} pattern=ball ! video/x-raw,format={name},width={w},height={h},framerate=30/1"
-            );
-            let raw_out = run(&format!("{src} ! fakesink name=sink"));
-            let coded = run(&format!(
-                "{src} ! vpufwhtenc name=enc gop-size=4 ! fakesink name=sink"
-            ));
-            let what = format!("{name} {w}x{h}");
-            assert_eq!(raw_out.buffers.len(), N, "{what}: source frames");
-            assert_eq!(coded.buffers.len(), N, "{what}: N frames in, N out");
-
-            let caps = coded.caps.unwrap();
-            let s = caps.structure(0).unwrap();
-            assert_eq!(s.name(), "video/x-fwht", "{what}");
-            assert_eq!(s.get::<i32>("width").unwrap(), w as i32, "{what}");
-            assert_eq!(s.get::<i32>("height").unwrap(), h as i32, "{what}");
-            assert_eq!(
-                s.get::<gst::Fraction>("framerate").unwrap(),
-                gst::Fraction::new(30, 1),
-                "{what}"
-            );
-
-            let info = gst_video::VideoInfo::from_caps(raw_out.caps.as_ref().unwrap()).unwrap();
-            let mut raw = Format::raw(pf, w, h).unwrap();
-            // The colorimetry mapping is tested with the format tables; here
-            // the header's colour fields come from the element's stream.
-            let first = parse_header(&coded.buffers[0].map_readable().unwrap()).unwrap();
-            assert_eq!((first.width, first.height), (w, h), "{what}");
-            assert_ne!(first.colorimetry.colorspace, 0, "{what}: colorspace is set");
-            raw.colorimetry = first.colorimetry;
-            let frames: Vec<Vec<u8>> = raw_out
-                .buffers
-                .iter()
-                .map(|b| contract_layout(b, &info, &raw))
-                .collect();
-            let params = EncoderParams {
-                gop_size: 4,
-                ..EncoderParams::default()
-            };
-            let expected = bare_encode(&raw, params, &frames);
-            for (i, (b, (data, key))) in coded.buffers.iter().zip(&expected).enumerate() {
-                assert_eq!(b.pts(), raw_out.buffers[i].pts(), "{what}: frame {i} pts");
-                assert_eq!(
-                    &b.map_readable().unwrap()[..],
-                    &data[..],
-                    "{what}: frame {i} equals the bare encoder"
-                );
-                assert_eq!(is_key(b), *key, "{what}: frame {i} key flag");
-            }
-            assert!(is_key(&coded.buffers[0]), "{what}: starts with a key frame");
-            assert!(
-                expected.iter().any(|(_, k)| !k),
-                "{what}: the clip has P frames"
-            );
-
-            let stats = coded.stats.unwrap();
-            assert_eq!(stat(&stats, "frames-in"), N as u64, "{what}");
-            assert_eq!(stat(&stats, "frames-out"), N as u64, "{what}");
-            assert_eq!(
-                stat(&stats, "frame-copies"),
-                N as u64,
-                "{what}: one copy each"
-            );
-            assert!(stat(&stats, "bytes-copied") > 0, "{what}");
-            assert_eq!(stat(&stats, "imported-frames"), 0, "{what}");
-            assert_eq!(stat(&stats, "coherency-violations"), 0, "{what}");
+    for &case in CASES {
+        for size in [(320u32, 240u32), (322, 242)] {
+            check_against_bare_encoder(case, size, 8, Route::Copy);
         }
+    }
+}
+
+#[test]
+fn the_proposed_pool_makes_input_zero_copy_in_every_format() {
+    for &case in CASES {
+        for size in [(320u32, 240u32), (322, 242)] {
+            check_against_bare_encoder(case, size, 8, Route::Pool);
+        }
+    }
+}
+
+#[test]
+fn the_proposed_pool_is_reused_over_a_long_run() {
+    for (case, size) in [
+        (("I420", PixelFormat::I420), (320, 240)),
+        (("NV12", PixelFormat::Nv12), (322, 242)),
+    ] {
+        let stats = check_against_bare_encoder(case, size, 60, Route::Pool);
+        assert!(
+            stat(&stats, "cache-syncs") > 0,
+            "cacheable frames are cleaned: {stats}"
+        );
     }
 }
 
@@ -607,4 +448,199 @@ fn a_device_that_cannot_open_is_a_clear_error() {
     // open fails.
     assert!(!errors.is_empty() && errors.len() <= 2, "{errors:?}");
     assert!(errors[0].contains("/dev/video99"), "{errors:?}");
+}
+
+/// Pushes `n` test-pattern frames of `raw` through a harness encoder,
+/// calling `change` on the element just before frame `at` is pushed (the
+/// element is PLAYING then), and returns the coded frames and the stream's
+/// colorimetry.
+fn encode_with_change(
+    raw: &Format,
+    n: u32,
+    at: u32,
+    change: impl Fn(&gst::Element),
+) -> (Vec<gst::Buffer>, Vec<Vec<u8>>, Format) {
+    let (mut h, info) = harness(raw, &[]);
+    let mut frames = Vec::new();
+    for i in 0..n {
+        if i == at {
+            change(&h.element().unwrap());
+        }
+        let b = pattern_buffer(raw, i, &info);
+        frames.push(b.map_readable().unwrap().to_vec());
+        h.push(b).unwrap();
+    }
+    h.push_event(gst::event::Eos::new());
+    let out = pull_all(&mut h);
+    assert_eq!(out.len(), n as usize, "N frames in, N out");
+    let mut raw_c = raw.clone();
+    raw_c.colorimetry = parse_header(&out[0].map_readable().unwrap())
+        .unwrap()
+        .colorimetry;
+    let stats = h.element().unwrap().property::<gst::Structure>("stats");
+    assert_eq!(stat(&stats, "coherency-violations"), 0, "{stats}");
+    (out, frames, raw_c)
+}
+
+/// The bare encoder with `before` for frames `..at` and `after` from `at`.
+fn bare_encode_switched(
+    raw: &Format,
+    frames: &[Vec<u8>],
+    at: usize,
+    before: EncoderParams,
+    after: EncoderParams,
+) -> Vec<(Vec<u8>, bool)> {
+    let mut enc = gstrsvpu::vpu::codec::fwht::FwhtEncoder::new(raw, before).unwrap();
+    let max = gstrsvpu::vpu::codec::fwht::FwhtEncoder::max_frame_size(raw);
+    frames
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if i == at {
+                enc.set_params(after).unwrap();
+            }
+            let mut dst = vec![0; max];
+            let e = enc.encode(f, &mut dst).unwrap();
+            dst.truncate(e.bytes);
+            (dst, e.keyframe)
+        })
+        .collect()
+}
+
+fn assert_stream_eq(out: &[gst::Buffer], expected: &[(Vec<u8>, bool)], what: &str) {
+    assert_eq!(out.len(), expected.len(), "{what}");
+    for (i, (b, (data, key))) in out.iter().zip(expected).enumerate() {
+        assert_eq!(
+            &b.map_readable().unwrap()[..],
+            &data[..],
+            "{what}: frame {i} equals the bare encoder"
+        );
+        assert_eq!(is_key(b), *key, "{what}: frame {i} key flag");
+    }
+}
+
+const DEFAULT_PARAMS: EncoderParams = EncoderParams {
+    gop_size: 10,
+    i_frame_qp: 20,
+    p_frame_qp: 20,
+};
+
+#[test]
+fn controls_changed_while_playing_apply_from_the_next_frame() {
+    let raw = Format::raw(PixelFormat::I420, 160, 120).unwrap();
+    let after = EncoderParams {
+        gop_size: 3,
+        i_frame_qp: 8,
+        p_frame_qp: 30,
+    };
+    for at in [1u32, 5] {
+        let (out, frames, raw_c) = encode_with_change(&raw, 14, at, |e| {
+            assert_eq!(e.current_state(), gst::State::Playing);
+            e.set_property("gop-size", after.gop_size);
+            e.set_property("i-frame-qp", after.i_frame_qp);
+            e.set_property("p-frame-qp", after.p_frame_qp);
+        });
+        let expected = bare_encode_switched(&raw_c, &frames, at as usize, DEFAULT_PARAMS, after);
+        assert_stream_eq(
+            &out,
+            &expected,
+            &format!("properties set before frame {at}"),
+        );
+        let keys: Vec<bool> = out.iter().map(|b| is_key(b)).collect();
+        assert!(
+            keys.iter().filter(|&&k| k).count() >= 3,
+            "gop-size=3 took effect: {keys:?}"
+        );
+    }
+}
+
+fn extra_controls(s: &str) -> gst::Structure {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+#[test]
+fn extra_controls_set_the_vicodec_controls_by_name() {
+    let raw = Format::raw(PixelFormat::Nv12, 162, 122).unwrap();
+    let after = EncoderParams {
+        gop_size: 5,
+        i_frame_qp: 10,
+        p_frame_qp: 30,
+    };
+    let (out, frames, raw_c) = encode_with_change(&raw, 12, 4, |e| {
+        e.set_property(
+            "extra-controls",
+            extra_controls(
+                "controls,video_gop_size=5,fwht_i_frame_qp_value=10,fwht_p_frame_qp_value=30",
+            ),
+        );
+        // They are the properties' values now.
+        assert_eq!(e.property::<u32>("gop-size"), 5);
+        assert_eq!(e.property::<u32>("i-frame-qp"), 10);
+        assert_eq!(e.property::<u32>("p-frame-qp"), 30);
+    });
+    let expected = bare_encode_switched(&raw_c, &frames, 4, DEFAULT_PARAMS, after);
+    assert_stream_eq(&out, &expected, "extra-controls in PLAYING");
+}
+
+#[test]
+fn extra_controls_in_a_launch_line_and_unknown_names_warn() {
+    init();
+    let pipeline = gst::parse::launch(
+        "videotestsrc num-buffers=6 pattern=ball ! video/x-raw,format=I420,width=160,height=120 \
+         ! vpufwhtenc name=enc extra-controls=\"controls,video_gop_size=1\" ! fakesink name=sink",
+    )
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let enc = pipeline.by_name("enc").unwrap();
+    assert_eq!(enc.property::<u32>("gop-size"), 1, "from the launch line");
+    let s = enc
+        .property::<Option<gst::Structure>>("extra-controls")
+        .unwrap();
+    assert_eq!(
+        s.get::<i32>("video_gop_size").unwrap(),
+        1,
+        "reads back: {s}"
+    );
+
+    // In the pipeline, a bad field is a warning on the bus naming it; the
+    // good ones still apply.
+    let bus = pipeline.bus().unwrap();
+    enc.set_property(
+        "extra-controls",
+        extra_controls(
+            "controls,video_bitrate_mode=1,fwht_p_frame_qp_value=99,video_gop_size=1,fwht_i_frame_qp_value=3",
+        ),
+    );
+    let mut warnings = Vec::new();
+    while let Some(m) = bus.pop_filtered(&[gst::MessageType::Warning]) {
+        if let gst::MessageView::Warning(w) = m.view() {
+            warnings.push(w.error().to_string());
+        }
+    }
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains("'video_bitrate_mode' does not exist"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].contains("'fwht_p_frame_qp_value' takes 1..=31, got 99"),
+        "{warnings:?}"
+    );
+    assert_eq!(enc.property::<u32>("i-frame-qp"), 3);
+    assert_eq!(
+        enc.property::<u32>("p-frame-qp"),
+        20,
+        "the bad value is ignored"
+    );
+
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("EOS within 30 s");
+    assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
 }

@@ -36,8 +36,17 @@ use crate::sys::DmaBackend;
 
 /// OUTPUT slots bound to our own regions (frames copied in).
 pub(super) const COPY_SLOTS: u32 = 4;
-/// OUTPUT slots for upstream memory queued without a copy.
-pub(super) const IMPORT_SLOTS: u32 = 4;
+/// OUTPUT slots for upstream memory queued without a copy. More than the
+/// buffers of upstream's pool in steady state, so that each of them stays
+/// bound to one slot and the VPU maps it once (see [`IMPORT_DEPTH`]).
+pub(super) const IMPORT_SLOTS: u32 = 16;
+/// Most imported frames in the VPU at once. This, not the slot count, bounds
+/// how far a producer runs ahead: it holds at most `IMPORT_DEPTH` buffers in
+/// the VPU, as many again coded but not yet pushed (they leave at the next
+/// frame), and the one it fills; `2 * IMPORT_DEPTH + 1 < IMPORT_SLOTS`, so the
+/// pool the element proposes never outgrows the slots.
+pub(super) const IMPORT_DEPTH: usize = 4;
+const _: () = assert!(2 * IMPORT_DEPTH + 1 < IMPORT_SLOTS as usize);
 /// CAPTURE (bitstream) buffers.
 pub(super) const CAPTURE_BUFFERS: u32 = 4;
 /// How often the capture thread looks at its stop flag.
@@ -63,6 +72,10 @@ pub(super) struct Stats {
     pub frame_copies: u64,
     pub bytes_copied: u64,
     pub imported_frames: u64,
+    /// Times an import slot was bound to a region it did not hold (the VPU
+    /// maps the region then): once per distinct upstream region when they
+    /// fit the import slots.
+    pub import_maps: u64,
     /// Sum of queue-to-coded times, for the per-frame average.
     pub vpu_time: Duration,
     pub vpu_frames: u64,
@@ -145,6 +158,9 @@ pub(super) struct Engine {
     copy_regions: Vec<Arc<Region>>,
     /// The region each import slot holds now (streaming thread only).
     import_regions: Vec<Option<u64>>,
+    /// When each import slot was last bound, counted in `binds`.
+    import_bound_at: Vec<u64>,
+    binds: u64,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -208,6 +224,8 @@ impl Engine {
             raw,
             copy_regions,
             import_regions: vec![None; IMPORT_SLOTS as usize],
+            import_bound_at: vec![0; IMPORT_SLOTS as usize],
+            binds: 0,
             thread: None,
         };
         engine.reset_slots();
@@ -316,17 +334,37 @@ impl Engine {
         })
     }
 
-    /// A free import slot, preferring one that already holds `region`.
+    /// A free import slot: one that already holds `region` (no remap), else
+    /// one that never held a region, else the free one bound longest ago.
     pub(super) fn import_slot(&self, region: &Region) -> Result<Wake<u32>, EngineError> {
         let id = region.id();
         let known = &self.import_regions;
+        let bound_at = &self.import_bound_at;
         self.wait_for(|i| {
+            if IMPORT_SLOTS as usize - i.free_import.len() >= IMPORT_DEPTH {
+                return None;
+            }
+            let held = |s: &u32| known[(s - COPY_SLOTS) as usize];
             let pos = i
                 .free_import
                 .iter()
-                .position(|&s| known[(s - COPY_SLOTS) as usize] == Some(id))
-                .or_else(|| i.free_import.len().checked_sub(1))?;
+                .position(|s| held(s) == Some(id))
+                .or_else(|| i.free_import.iter().position(|s| held(s).is_none()))
+                .or_else(|| {
+                    (0..i.free_import.len())
+                        .min_by_key(|&p| bound_at[(i.free_import[p] - COPY_SLOTS) as usize])
+                })?;
             Some(i.free_import.swap_remove(pos))
+        })
+    }
+
+    /// Waits until the VPU holds no frame (every OUTPUT buffer done), handing
+    /// coded frames out meanwhile.
+    pub(super) fn wait_idle(&self) -> Result<Wake<()>, EngineError> {
+        self.wait_for(|i| {
+            (i.free_copy.len() == COPY_SLOTS as usize
+                && i.free_import.len() == IMPORT_SLOTS as usize)
+                .then_some(())
         })
     }
 
@@ -360,7 +398,13 @@ impl Engine {
         frame: u32,
         keyframe: bool,
     ) -> Result<(), EngineError> {
-        self.import_regions[(slot - COPY_SLOTS) as usize] = Some(region.id());
+        let i = (slot - COPY_SLOTS) as usize;
+        if self.import_regions[i] != Some(region.id()) {
+            self.import_regions[i] = Some(region.id());
+            self.binds += 1;
+            self.import_bound_at[i] = self.binds;
+            lock(&self.shared.stats).import_maps += 1;
+        }
         if buffer.n_memory() > 0 {
             crate::allocator::set_device_busy(buffer.peek_memory(0), true);
         }

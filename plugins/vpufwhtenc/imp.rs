@@ -34,9 +34,10 @@ use gst_video::subclass::prelude::*;
 
 use super::copy::copy_frame;
 use super::engine::{Coded, Engine, EngineError, Params, Stats, Wake};
+use super::pool::VpuBufferPool;
 use crate::common::device::{self, DeviceChoice};
 use crate::common::formats;
-use crate::m2m::{Format, PixelFormat, QueueKind, Role, Session};
+use crate::m2m::{Control, Format, PixelFormat, QueueKind, Role, Session};
 use crate::mem::{Checker, CheckerConfig, Coherency, Region};
 use crate::vpu::codec::fwht::{self, EncoderParams};
 
@@ -94,6 +95,8 @@ struct Settings {
     p_frame_qp: u32,
     device: DeviceChoice,
     memory_policy: MemoryPolicy,
+    /// The `extra-controls` structure as last set.
+    extra_controls: Option<gst::Structure>,
 }
 
 impl Default for Settings {
@@ -104,11 +107,22 @@ impl Default for Settings {
             p_frame_qp: DEFAULT_P_FRAME_QP,
             device: DeviceChoice::Auto,
             memory_policy: MemoryPolicy::Auto,
+            extra_controls: None,
         }
     }
 }
 
 impl Settings {
+    /// Records `control` in the settings it shadows.
+    fn record(&mut self, control: Control) {
+        match control {
+            Control::GopSize(v) => self.gop_size = v,
+            Control::IFrameQp(v) => self.i_frame_qp = v,
+            Control::PFrameQp(v) => self.p_frame_qp = v,
+            Control::Bitrate(_) | Control::ForceKeyFrame => {}
+        }
+    }
+
     fn params(&self) -> Params {
         Params {
             gop_size: self.gop_size,
@@ -138,8 +152,90 @@ pub struct VpuFwhtEnc {
     state: Mutex<Option<State>>,
     stream: Mutex<Option<Stream>>,
     stats: Arc<Mutex<Stats>>,
+    /// Controls set since the streaming setup started, not yet given to the
+    /// VPU: the streaming thread applies them before the next frame.
+    pending: Mutex<Vec<Control>>,
     /// An element error was posted for the current run: post no second one.
     error_posted: AtomicBool,
+}
+
+/// An `extra-controls` name, how its value becomes a [`Control`], its range.
+type ExtraControl = (&'static str, fn(u32) -> Control, (u32, u32));
+
+/// The V4L2 controls `extra-controls` knows, by the name `v4l2-ctl -l`
+/// prints for vicodec's encoder (the v4l2 elements' syntax), with how each
+/// becomes a [`Control`] and its range.
+const EXTRA_CONTROLS: &[ExtraControl] = &[
+    (
+        "video_gop_size",
+        Control::GopSize,
+        EncoderParams::GOP_SIZE_RANGE,
+    ),
+    (
+        "fwht_i_frame_qp_value",
+        Control::IFrameQp,
+        EncoderParams::QP_RANGE,
+    ),
+    (
+        "fwht_p_frame_qp_value",
+        Control::PFrameQp,
+        EncoderParams::QP_RANGE,
+    ),
+];
+
+/// Why an `extra-controls` field was not taken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum ExtraControlError {
+    #[error(
+        "control '{0}' does not exist on the FWHT encoder (it has video_gop_size, \
+         fwht_i_frame_qp_value, fwht_p_frame_qp_value): ignored"
+    )]
+    Unknown(String),
+    #[error("control '{name}' takes an integer, got {found}: ignored")]
+    NotAnInteger { name: String, found: String },
+    #[error("control '{name}' takes {min}..={max}, got {value}: ignored")]
+    OutOfRange {
+        name: String,
+        value: i64,
+        min: u32,
+        max: u32,
+    },
+}
+
+/// The controls in an `extra-controls` structure, in field order, and what
+/// was wrong with the fields that are not taken.
+fn parse_extra_controls(s: &gst::StructureRef) -> (Vec<Control>, Vec<ExtraControlError>) {
+    let mut controls = Vec::new();
+    let mut errors = Vec::new();
+    for (name, value) in s.iter() {
+        let Some(&(_, make, (min, max))) = EXTRA_CONTROLS.iter().find(|(n, ..)| *n == name) else {
+            errors.push(ExtraControlError::Unknown(name.to_string()));
+            continue;
+        };
+        let v = value
+            .get::<i32>()
+            .map(i64::from)
+            .or_else(|_| value.get::<u32>().map(i64::from))
+            .or_else(|_| value.get::<i64>())
+            .or_else(|_| value.get::<u64>().map(|v| v.min(i64::MAX as u64) as i64));
+        let Ok(v) = v else {
+            errors.push(ExtraControlError::NotAnInteger {
+                name: name.to_string(),
+                found: format!("{value:?}"),
+            });
+            continue;
+        };
+        match u32::try_from(v) {
+            Ok(u) if (min..=max).contains(&u) => controls.push(make(u)),
+            _ => errors.push(ExtraControlError::OutOfRange {
+                name: name.to_string(),
+                value: v,
+                min,
+                max,
+            }),
+        }
+    }
+    (controls, errors)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -270,6 +366,7 @@ impl VpuFwhtEnc {
         drop(frame);
         lock(&self.stats).frames_in += 1;
         let engine = &mut stream.engine;
+        self.apply_pending(engine)?;
 
         if let Some(region) = Self::importable(&input, &stream.info, engine.raw()) {
             let slot = loop {
@@ -355,20 +452,79 @@ impl VpuFwhtEnc {
             .field("frame-copies", s.frame_copies)
             .field("bytes-copied", s.bytes_copied)
             .field("imported-frames", s.imported_frames)
+            .field("import-maps", s.import_maps)
             .field("cache-syncs", syncs)
             .field("coherency-violations", violations)
             .field("vpu-time-per-frame-us", per_frame)
             .build()
     }
 
-    /// Applies a control to the running session, if any.
-    fn apply_control(&self, control: crate::m2m::Control) {
-        let session = lock(&self.state).as_ref().map(|s| Arc::clone(&s.session));
-        if let Some(session) = session
-            && let Err(e) = session.set_control(control)
-        {
-            gst::warning!(CAT, imp = self, "cannot apply {control:?}: {e}");
+    /// Gives the controls set since the last frame to the VPU, before the
+    /// next frame is queued. The VPU reads its controls when it codes a frame
+    /// (as vicodec does), so it first finishes every frame queued before:
+    /// a change applies exactly from the first frame `handle_frame` receives
+    /// after it was set, at the cost of one pipeline bubble per change.
+    fn apply_pending(&self, engine: &Engine) -> Result<(), gst::FlowError> {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        if pending.is_empty() {
+            return Ok(());
         }
+        loop {
+            match engine.wait_idle().map_err(|e| self.fail(&e))? {
+                Wake::Got(()) => break,
+                Wake::Ready(c) => {
+                    self.push(c)?;
+                }
+            }
+        }
+        for control in pending {
+            gst::debug!(CAT, imp = self, "applying {control:?}");
+            if let Err(e) = engine.session().set_control(control) {
+                gst::warning!(CAT, imp = self, "the VPU refused {control:?}: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `controls` in the settings and queues them for the VPU.
+    fn set_controls(&self, settings: &mut Settings, controls: &[Control]) {
+        for &c in controls {
+            gst::debug!(CAT, imp = self, "setting {c:?}");
+            settings.record(c);
+        }
+        lock(&self.pending).extend_from_slice(controls);
+    }
+
+    /// The pool proposed for `caps`: the streaming setup's OUTPUT format when
+    /// the caps are the current ones, else the contract's format for them.
+    fn input_pool(&self, caps: &gst::CapsRef) -> Result<(VpuBufferPool, u32, u32), String> {
+        let info = gst_video::VideoInfo::from_caps(caps)
+            .map_err(|_| format!("{caps} is not raw video"))?;
+        let pf = formats::pixel_format(info.format())
+            .ok_or_else(|| format!("{:?} is not a format the VPU takes", info.format()))?;
+        let current = lock(&self.stream).as_ref().and_then(|st| {
+            (st.info.format() == info.format()
+                && st.info.width() == info.width()
+                && st.info.height() == info.height())
+            .then(|| st.engine.raw().clone())
+        });
+        let raw = current
+            .or_else(|| Format::raw(pf, info.width(), info.height()))
+            .ok_or_else(|| format!("the FWHT encoder cannot take {caps}"))?;
+        let (checker, min) = {
+            let st = lock(&self.state);
+            let st = st.as_ref().ok_or("no VPU session (not opened)")?;
+            (
+                Arc::clone(&st.checker),
+                st.session.min_buffers(QueueKind::Output),
+            )
+        };
+        let coherency = lock(&self.settings).memory_policy.coherency();
+        let pool = VpuBufferPool::new(&raw, coherency, &checker).map_err(|e| e.to_string())?;
+        let size = u32::try_from(raw.size).map_err(|_| format!("{} bytes", raw.size))?;
+        // The VPU's minimum, the frame the encoder holds for its one frame of
+        // latency, and the one the producer fills.
+        Ok((pool, size, min + 2))
     }
 }
 
@@ -390,7 +546,9 @@ impl ObjectImpl for VpuFwhtEnc {
                     .blurb(
                         "Maximum distance between key frames, in frames (V4L2 \
                          GOP_SIZE; 1 = every frame a key frame). The FWHT encoder \
-                         restarts the GOP early when a frame codes no predicted block",
+                         restarts the GOP early when a frame codes no predicted block. \
+                         A change in PLAYING applies from the next frame the encoder \
+                         receives (it lets the VPU finish the frames before)",
                     )
                     .minimum(gop_min)
                     .maximum(gop_max)
@@ -401,7 +559,8 @@ impl ObjectImpl for VpuFwhtEnc {
                     .nick("I-frame QP")
                     .blurb(
                         "Quantiser of key frames (V4L2 FWHT_I_FRAME_QP), 1 = finest \
-                         and largest .. 31 = coarsest and smallest",
+                         and largest .. 31 = coarsest and smallest; changes in PLAYING \
+                         apply from the next frame the encoder receives",
                     )
                     .minimum(qp_min)
                     .maximum(qp_max)
@@ -412,11 +571,25 @@ impl ObjectImpl for VpuFwhtEnc {
                     .nick("P-frame QP")
                     .blurb(
                         "Quantiser of predicted frames (V4L2 FWHT_P_FRAME_QP), \
-                         1 = finest and largest .. 31 = coarsest and smallest",
+                         1 = finest and largest .. 31 = coarsest and smallest; changes \
+                         in PLAYING apply from the next frame the encoder receives",
                     )
                     .minimum(qp_min)
                     .maximum(qp_max)
                     .default_value(DEFAULT_P_FRAME_QP)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("extra-controls")
+                    .nick("Extra controls")
+                    .blurb(
+                        "V4L2 controls by the names v4l2-ctl -l prints for vicodec, as \
+                         for the v4l2 elements: \"controls,video_gop_size=5,\
+                         fwht_i_frame_qp_value=10,fwht_p_frame_qp_value=30\". They set \
+                         the same values as gop-size, i-frame-qp and p-frame-qp (the \
+                         last one set wins); an unknown name or a value out of range \
+                         is ignored with a warning naming it. Changes in PLAYING apply \
+                         from the next frame the encoder receives, as for those properties",
+                    )
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecString::builder("device")
@@ -433,8 +606,9 @@ impl ObjectImpl for VpuFwhtEnc {
                 glib::ParamSpecEnum::builder::<MemoryPolicy>("memory-policy")
                     .nick("Memory policy")
                     .blurb(
-                        "Memory of the frame buffers the encoder copies input into \
-                         (input already in VPU memory is queued as is): cacheable \
+                        "Memory of the frame buffers the encoder copies input into and \
+                         of the pool it proposes upstream (input already in VPU memory \
+                         is queued as is): cacheable \
                          (fast CPU writes, cleaned before the VPU reads) or coherent \
                          (uncached, no cache maintenance); auto picks cacheable",
                     )
@@ -446,7 +620,9 @@ impl ObjectImpl for VpuFwhtEnc {
                     .blurb(
                         "vpufwhtenc-stats: frames-in, frames-out, frame-copies and \
                          bytes-copied (input copied into VPU memory), imported-frames \
-                         (queued without a copy), cache-syncs and coherency-violations \
+                         (queued without a copy), import-maps (times the VPU mapped an \
+                         imported buffer: once per buffer of the proposed pool), \
+                         cache-syncs and coherency-violations \
                          (of the whole VPU, shared by every element using it), \
                          vpu-time-per-frame-us (mean time from queueing a frame to its \
                          coded data, in microseconds). Counters restart at READY->PAUSED",
@@ -459,20 +635,29 @@ impl ObjectImpl for VpuFwhtEnc {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
-        use crate::m2m::Control;
         let mut settings = lock(&self.settings);
-        let control = match pspec.name() {
+        let mut rejected = Vec::new();
+        match pspec.name() {
             "gop-size" => {
-                settings.gop_size = value.get().expect("type checked upstream");
-                Some(Control::GopSize(settings.gop_size))
+                let v = value.get().expect("type checked upstream");
+                self.set_controls(&mut settings, &[Control::GopSize(v)]);
             }
             "i-frame-qp" => {
-                settings.i_frame_qp = value.get().expect("type checked upstream");
-                Some(Control::IFrameQp(settings.i_frame_qp))
+                let v = value.get().expect("type checked upstream");
+                self.set_controls(&mut settings, &[Control::IFrameQp(v)]);
             }
             "p-frame-qp" => {
-                settings.p_frame_qp = value.get().expect("type checked upstream");
-                Some(Control::PFrameQp(settings.p_frame_qp))
+                let v = value.get().expect("type checked upstream");
+                self.set_controls(&mut settings, &[Control::PFrameQp(v)]);
+            }
+            "extra-controls" => {
+                let s: Option<gst::Structure> = value.get().expect("type checked upstream");
+                if let Some(s) = &s {
+                    let (controls, errors) = parse_extra_controls(s);
+                    self.set_controls(&mut settings, &controls);
+                    rejected = errors;
+                }
+                settings.extra_controls = s;
             }
             "device" => {
                 let v: Option<String> = value.get().expect("type checked upstream");
@@ -480,21 +665,18 @@ impl ObjectImpl for VpuFwhtEnc {
                     Ok(d) => settings.device = d,
                     Err(e) => gst::error!(CAT, imp = self, "{e}: keeping {}", settings.device),
                 }
-                None
             }
             "memory-policy" => {
                 settings.memory_policy = value.get().expect("type checked upstream");
-                None
             }
             other => {
                 gst::error!(CAT, imp = self, "no writable property {other}");
-                None
             }
-        };
+        }
         drop(settings);
-        if let Some(c) = control {
-            gst::debug!(CAT, imp = self, "setting {c:?}");
-            self.apply_control(c);
+        for e in rejected {
+            gst::warning!(CAT, imp = self, "extra-controls: {e}");
+            gst::element_imp_warning!(self, gst::ResourceError::Settings, ("extra-controls: {e}"));
         }
     }
 
@@ -506,6 +688,7 @@ impl ObjectImpl for VpuFwhtEnc {
             "p-frame-qp" => settings.p_frame_qp.to_value(),
             "device" => settings.device.to_string().to_value(),
             "memory-policy" => settings.memory_policy.to_value(),
+            "extra-controls" => settings.extra_controls.to_value(),
             "stats" => {
                 drop(settings);
                 self.stats_structure().to_value()
@@ -528,9 +711,11 @@ impl ElementImpl for VpuFwhtEnc {
                 "Codec/Encoder/Video/Hardware",
                 "Encodes raw video to FWHT (the Linux vicodec codec, video/x-fwht) on a \
                  VPU through the V4L2 stateful memory-to-memory encoder model; the \
-                 stream is bit-exact with the kernel's vicodec. Input already in VPU \
-                 memory is queued without a copy, other input is copied once \
-                 (counted in the stats property). Runs on a kernel V4L2 codec node or \
+                 stream is bit-exact with the kernel's vicodec. The encoder proposes \
+                 a pool of VPU memory upstream, so producers write frames where the \
+                 VPU reads them; input already in VPU memory is queued without a \
+                 copy, other input is copied once (counted in the stats property). \
+                 Runs on a kernel V4L2 codec node or \
                  on the in-process emulated VPU (device property)",
                 "gst-vpu developers",
             )
@@ -672,6 +857,9 @@ impl VideoEncoderImpl for VpuFwhtEnc {
                 .ok_or_else(|| gst::loggable_error!(CAT, "no VPU session (not opened)"))?;
             (Arc::clone(&st.session), Arc::clone(&st.checker))
         };
+        // The new setup starts from the settings: what was pending is in
+        // them (a control set from now on is pending again, so none is lost).
+        lock(&self.pending).clear();
         let (params, coherency) = {
             let s = lock(&self.settings);
             (s.params(), s.memory_policy.coherency())
@@ -749,8 +937,25 @@ impl VideoEncoderImpl for VpuFwhtEnc {
         &self,
         query: &mut gst::query::Allocation,
     ) -> Result<(), gst::LoggableError> {
-        // Any strides and offsets are fine: the copy honours the VideoMeta.
+        // Our pool's frames carry the contract's strides in a VideoMeta; any
+        // other strides are fine too (the copy honours the VideoMeta).
         query.add_allocation_meta::<gst_video::VideoMeta>(None);
+        let (caps, _need_pool) = query.get();
+        match caps.map(|c| self.input_pool(c)) {
+            Some(Ok((pool, size, min))) => {
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "proposing the VPU pool: {size}-byte frames, at least {min}"
+                );
+                // No maximum: the base class holds frames until they are
+                // coded, so a bounded pool could starve the producer.
+                query.add_allocation_pool(Some(&pool), size, min, 0);
+            }
+            Some(Err(e)) => gst::info!(CAT, imp = self, "no VPU pool to propose: {e}"),
+            None => gst::debug!(CAT, imp = self, "allocation query without caps"),
+        }
+        // The default adds its system-memory pool only when none is there.
         self.parent_propose_allocation(query)
     }
 }

@@ -3,8 +3,14 @@
 //!
 //! Files: `imp.rs` is the GstVideoEncoder subclass (properties, caps,
 //! negotiation, the frame flow); `engine.rs` is the VPU side (queues, buffers,
-//! the `vpu-capture` event thread); `copy.rs` lays a GStreamer frame out in the
-//! contract's layout when upstream memory cannot be queued as is.
+//! the `vpu-capture` event thread); `pool.rs` is the buffer pool of VPU memory
+//! the element proposes upstream, so producers write where the VPU reads;
+//! `copy.rs` lays a GStreamer frame out in the contract's layout when upstream
+//! memory cannot be queued as is.
+//!
+//! Controls (`gop-size`, the QPs, `extra-controls`) set while streaming apply
+//! from the next frame `handle_frame` receives: the streaming thread lets the
+//! VPU finish the frames before and then sets them (see `imp.rs`).
 //!
 //! Threading: the streaming thread queues raw frames and is the only caller of
 //! `finish_frame`; `vpu-capture` waits on the session's events, returns done
@@ -18,6 +24,7 @@ use gst::prelude::*;
 mod copy;
 mod engine;
 mod imp;
+mod pool;
 
 glib::wrapper! {
     pub struct VpuFwhtEnc(ObjectSubclass<imp::VpuFwhtEnc>)
