@@ -428,11 +428,20 @@ impl VpuFwhtDec {
         output: &Output,
         b: Buffer,
     ) -> Result<gst::Buffer, gst::FlowError> {
+        // Weak: a frame downstream keeps its region (the memory holds it),
+        // not the session. Once the element stops, the engine and its
+        // session go at once, and the VPU unmaps every buffer (as a V4L2
+        // driver orphans exported buffers at REQBUFS(0)) even while a sink
+        // still holds its last frame.
         let release = {
-            let engine = Arc::clone(engine);
+            let engine = Arc::downgrade(engine);
             let region = Arc::clone(&b.region);
             let (generation, index) = (output.generation, b.index);
-            Box::new(move || engine.requeue_capture(generation, index, region))
+            Box::new(move || {
+                if let Some(engine) = engine.upgrade() {
+                    engine.requeue_capture(generation, index, region);
+                }
+            })
         };
         let mem = match b.region.kind() {
             MemoryKind::Memfd => {
