@@ -18,7 +18,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::m2m::{Device, DeviceInfo, M2mError, PixelFormat, Role, Session};
-use crate::mem::{Checker, CheckerConfig};
+use crate::mem::{Checker, CheckerConfig, MemoryKind};
+use crate::sys::DmaBackend;
 use crate::vpu::{EmuConfig, EmuVpu};
 
 /// Environment variable that sets the emulated VPU's checker mode.
@@ -107,6 +108,10 @@ pub(crate) struct Opened {
     pub info: DeviceInfo,
     /// The checker watching the session's memory (the emulated VPU's).
     pub checker: Option<Arc<Checker>>,
+    /// What buffers the session allocates are: real dma-bufs or memfds.
+    /// Known before allocating, so that caps (`memory:DMABuf`) can be
+    /// negotiated first.
+    pub memory: MemoryKind,
 }
 
 /// Opens a `role` session for `codec` on the chosen device.
@@ -124,6 +129,13 @@ pub(crate) fn open(
                 session,
                 info: vpu.info(),
                 checker: Some(vpu.checker()),
+                // `emulated()` boots with `EmuConfig::default()`, whose
+                // backend is `DmaBackend::probe()`: dma-heap and udmabuf
+                // allocate dma-bufs, memfd does not.
+                memory: match DmaBackend::probe() {
+                    DmaBackend::Memfd => MemoryKind::Memfd,
+                    DmaBackend::DmaHeap | DmaBackend::Udmabuf => MemoryKind::DmaBuf,
+                },
             })
         }
         DeviceChoice::Path(path) => Err(M2mError::Firmware(format!(

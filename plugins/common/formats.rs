@@ -122,6 +122,18 @@ pub(crate) fn raw_caps(formats: &[PixelFormat]) -> gst::Caps {
         .build()
 }
 
+/// [`raw_caps`] with the `memory:DMABuf` caps feature: frames whose memory
+/// is a real dma-buf (GstDmaBufMemory), for consumers that import it.
+pub(crate) fn raw_dmabuf_caps(formats: &[PixelFormat]) -> gst::Caps {
+    let mut caps = raw_caps(formats);
+    if let Some(caps) = caps.get_mut() {
+        caps.set_features_simple(Some(gst::CapsFeatures::new([
+            gst_allocators::CAPS_FEATURE_MEMORY_DMABUF,
+        ])));
+    }
+    caps
+}
+
 /// Name of the FWHT bitstream media type (as GStreamer's v4l2 plugin names
 /// `V4L2_PIX_FMT_FWHT`).
 pub(crate) const FWHT_MEDIA_TYPE: &str = "video/x-fwht";

@@ -17,7 +17,8 @@
 //!   on that lock while the streaming thread waits for an OUTPUT buffer that
 //!   only the capture thread can hand back.
 //! - **Release callbacks** (run when downstream frees a frame's memory)
-//!   re-queue the CAPTURE buffer with [`Engine::requeue_capture`].
+//!   re-queue the CAPTURE buffer with [`Engine::requeue_capture`]. They hold
+//!   the engine weakly: after stop, a released frame has nowhere to go.
 //!
 //! # Generations
 //!
@@ -196,8 +197,14 @@ impl Engine {
                 if !last {
                     inner.ready.push_back(Ready::Frame(b));
                 } else {
-                    inner.draining = false;
+                    // The first LAST after a source change ends the old
+                    // format, not a drain: a drain requested meanwhile
+                    // still has the new format's frames to come (its own
+                    // LAST follows them).
                     let reconfigure = inner.reconfigure.take();
+                    if reconfigure.is_none() {
+                        inner.draining = false;
+                    }
                     drop(inner);
                     self.end_of_sequence(b, has_frame, reconfigure);
                     inner = lock(&self.inner);
@@ -446,8 +453,9 @@ impl Engine {
     }
 
     /// Stops the capture thread's loop, ends the CAPTURE generation and
-    /// stops both queues. Buffers still held downstream are dropped when
-    /// released; the session closes when the last of them is gone.
+    /// stops both queues. The session closes when the element drops the
+    /// engine: release callbacks hold it weakly, so frames still held
+    /// downstream keep their regions (memory) but not the session.
     pub(super) fn shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         let mut capture = lock(&self.capture);

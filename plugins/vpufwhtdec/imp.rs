@@ -11,6 +11,20 @@
 //!
 //! Locks: `state` is held only to read or update it, never across a base
 //! class call, `finish_frame` or a wait on the VPU.
+//!
+//! Caps: the src template offers every raw format in system memory and,
+//! as a second structure, in `memory:DMABuf`. The feature is negotiated when
+//! the VPU's frame memory is a real dma-buf and downstream names it itself
+//! (see `setup_capture`); frames are then GstDmaBufMemory, otherwise fd
+//! memory, both the VPU's own buffers.
+//!
+//! Memory policy: `coherent` allocates uncached CAPTURE regions (no cache
+//! maintenance ever). `cacheable` and `auto` allocate cacheable ones whose
+//! CPU sync is lazy: the allocator invalidates a frame at its first CPU map
+//! (one `sync_for_cpu` per mapped frame), and the driver cleans it when it
+//! goes back to the VPU; a frame nobody maps costs nothing, so a device-only
+//! consumer pays no per-frame sync. `auto` is thus `cacheable` today: the
+//! reader decides what is paid, not a guess made at negotiation.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,7 +75,7 @@ const MAGIC_WORD: u32 = 0x4f4f_4f4f;
 pub enum MemoryPolicy {
     #[default]
     #[enum_value(
-        name = "Auto: cacheable when downstream reads frames on the CPU, coherent otherwise",
+        name = "Auto: cacheable frame memory, synced for the CPU only when mapped",
         nick = "auto"
     )]
     Auto,
@@ -106,6 +120,9 @@ struct Output {
     copy_to: Option<gst_video::VideoInfo>,
     /// The VPU's layout (for the copy source).
     info: gst_video::VideoInfo,
+    /// `memory:DMABuf` caps were negotiated: every frame must be a
+    /// GstDmaBufMemory.
+    dmabuf: bool,
 }
 
 struct State {
@@ -121,6 +138,8 @@ struct State {
     quiet_errors: bool,
     /// When each frame's first OUTPUT buffer was queued.
     queued_at: HashMap<u32, Instant>,
+    /// What the session's frame memory is (decides `memory:DMABuf`).
+    memory: MemoryKind,
 }
 
 /// What the allocation query told us about downstream.
@@ -219,19 +238,51 @@ impl VpuFwhtDec {
         self.check_fatal(engine)
     }
 
-    /// Picks the CAPTURE format with downstream, negotiates, and allocates
-    /// and queues the CAPTURE buffers.
+    /// Picks the CAPTURE format (and caps feature) with downstream,
+    /// negotiates, and allocates and queues the CAPTURE buffers.
+    ///
+    /// `memory:DMABuf` is chosen when the VPU's frame memory is a real
+    /// dma-buf and downstream lists a DMABuf structure with a format of the
+    /// stream; otherwise plain system-memory caps (the frames are still the
+    /// VPU's fd memory, without copy). Downstream answering ANY (fakesink,
+    /// an appsink without caps) or ANY features gets plain caps.
     fn setup_capture(&self, engine: &Arc<Engine>, sc: &SourceChange) -> Result<(), gst::FlowError> {
         let obj = self.obj();
-        let filter = formats::raw_caps(&sc.formats);
+        let memory = lock(&self.state)
+            .as_ref()
+            .map_or(MemoryKind::Memfd, |s| s.memory);
+        let mut filter = formats::raw_caps(&sc.formats);
+        if memory == MemoryKind::DmaBuf {
+            filter
+                .make_mut()
+                .append(formats::raw_dmabuf_caps(&sc.formats));
+        }
         let peer = obj.src_pad().peer_query_caps(Some(&filter));
-        let chosen = if peer.is_any() {
-            sc.formats.first().copied()
-        } else {
-            peer.iter()
-                .flat_map(format_names)
+        let pick = |dmabuf: bool| {
+            peer.iter_with_features()
+                .filter(|(_, f)| f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF) == dmabuf)
+                .flat_map(|(s, _)| format_names(s))
                 .filter_map(|f| formats::pixel_format(gst_video::VideoFormat::from_string(&f)))
                 .find(|p| sc.formats.contains(p))
+        };
+        // Only a downstream that names the feature itself wants dma-bufs:
+        // an unconstrained one (ANY, or ANY features) intersects with our
+        // filter into both structures and would otherwise get them.
+        let asks_dmabuf = memory == MemoryKind::DmaBuf
+            && obj
+                .src_pad()
+                .peer_query_caps(None)
+                .iter_with_features()
+                .any(|(_, f)| {
+                    !f.is_any() && f.contains(gst_allocators::CAPS_FEATURE_MEMORY_DMABUF)
+                });
+        let (chosen, dmabuf) = if peer.is_any() {
+            (sc.formats.first().copied(), false)
+        } else {
+            match pick(true).filter(|_| asks_dmabuf) {
+                Some(p) => (Some(p), true),
+                None => (pick(false), false),
+            }
         };
         let Some(pixfmt) = chosen else {
             gst::element_imp_error!(
@@ -280,41 +331,49 @@ impl VpuFwhtDec {
         gst::info!(
             CAT,
             imp = self,
-            "stream {}x{}: decoding to {pixfmt} (stream allows {:?})",
+            "stream {}x{}: decoding to {pixfmt}{} (stream allows {:?})",
             format.width,
             format.height,
+            if dmabuf { " in memory:DMABuf" } else { "" },
             sc.formats
         );
-        let mut state = obj.set_output_state(
-            layout.video_format,
-            format.width,
-            format.height,
-            input_state.as_ref(),
-        )?;
-        state.set_info(out_info.clone());
-        obj.negotiate(state)?;
+        let default_layout =
+            gst_video::VideoInfo::builder(layout.video_format, format.width, format.height)
+                .build()
+                .map_err(|_| gst::FlowError::NotNegotiated)?;
+        let is_default_layout = default_layout.offset() == layout.offsets.as_slice()
+            && default_layout.stride() == layout.strides.as_slice();
+        self.negotiate_output(&out_info, input_state.as_ref(), dmabuf)?;
+        let mut downstream = *lock(&self.downstream);
+        let mut dmabuf = dmabuf;
+        if dmabuf && !downstream.video_meta && !is_default_layout {
+            // A dma-buf cannot be copied into and stay a dma-buf: without
+            // GstVideoMeta downstream could not read our layout, so fall
+            // back to system-memory caps (and the copy below).
+            gst::warning!(
+                CAT,
+                imp = self,
+                "downstream takes memory:DMABuf but not GstVideoMeta, and the VPU's layout is                  not the default one: renegotiating system-memory caps"
+            );
+            self.negotiate_output(&out_info, input_state.as_ref(), false)?;
+            downstream = *lock(&self.downstream);
+            dmabuf = false;
+        }
 
-        let downstream = *lock(&self.downstream);
         let coherency = match lock(&self.settings).memory_policy {
             MemoryPolicy::Coherent => Coherency::Coherent,
-            // Auto: CPU consumers only for now (no memory:DMABuf caps yet).
+            // Auto: cacheable whoever reads. The allocator syncs for the CPU
+            // lazily at map time, so a device importer (memory:DMABuf, a
+            // sink that never maps) costs no sync per frame, and a CPU
+            // reader gets cached reads.
             MemoryPolicy::Cacheable | MemoryPolicy::Auto => Coherency::Cacheable,
         };
         let count = sc.min_capture_buffers + downstream.min_buffers + EXTRA_CAPTURE;
         let generation = engine
             .start_capture(count, coherency)
             .map_err(|e| self.m2m_error("setting up CAPTURE buffers", &e))?;
-        let copy_to = if downstream.video_meta {
-            None
-        } else {
-            let default =
-                gst_video::VideoInfo::builder(layout.video_format, format.width, format.height)
-                    .build()
-                    .map_err(|_| gst::FlowError::NotNegotiated)?;
-            let same = default.offset() == layout.offsets.as_slice()
-                && default.stride() == layout.strides.as_slice();
-            (!same).then_some(default)
-        };
+        let copy_to =
+            (!dmabuf && !downstream.video_meta && !is_default_layout).then_some(default_layout);
         if copy_to.is_some() {
             gst::warning!(
                 CAT,
@@ -334,8 +393,36 @@ impl VpuFwhtDec {
                 layout,
                 copy_to,
                 info,
+                dmabuf,
             }));
         }
+        Ok(())
+    }
+
+    /// Sets the output state for `info` (with the `memory:DMABuf` caps
+    /// feature if `dmabuf`) and negotiates it downstream, which runs the
+    /// ALLOCATION query (`decide_allocation` updates `downstream`).
+    fn negotiate_output(
+        &self,
+        info: &gst_video::VideoInfo,
+        input_state: Option<
+            &gst_video::VideoCodecState<'static, gst_video::video_codec_state::Readable>,
+        >,
+        dmabuf: bool,
+    ) -> Result<(), gst::FlowError> {
+        let obj = self.obj();
+        let mut state =
+            obj.set_output_state(info.format(), info.width(), info.height(), input_state)?;
+        state.set_info(info.clone());
+        if dmabuf {
+            let mut caps = info.to_caps().map_err(|_| gst::FlowError::NotNegotiated)?;
+            caps.make_mut()
+                .set_features_simple(Some(gst::CapsFeatures::new([
+                    gst_allocators::CAPS_FEATURE_MEMORY_DMABUF,
+                ])));
+            state.set_caps(&caps);
+        }
+        obj.negotiate(state)?;
         Ok(())
     }
 
@@ -428,12 +515,32 @@ impl VpuFwhtDec {
         output: &Output,
         b: Buffer,
     ) -> Result<gst::Buffer, gst::FlowError> {
+        // Weak: a frame downstream keeps its region (the memory holds it),
+        // not the session. Once the element stops, the engine and its
+        // session go at once, and the VPU unmaps every buffer (as a V4L2
+        // driver orphans exported buffers at REQBUFS(0)) even while a sink
+        // still holds its last frame.
         let release = {
-            let engine = Arc::clone(engine);
+            let engine = Arc::downgrade(engine);
             let region = Arc::clone(&b.region);
             let (generation, index) = (output.generation, b.index);
-            Box::new(move || engine.requeue_capture(generation, index, region))
+            Box::new(move || {
+                if let Some(engine) = engine.upgrade() {
+                    engine.requeue_capture(generation, index, region);
+                }
+            })
         };
+        if output.dmabuf && b.region.kind() != MemoryKind::DmaBuf {
+            gst::element_imp_error!(
+                self,
+                gst::CoreError::Negotiation,
+                [
+                    "memory:DMABuf caps negotiated, but CAPTURE buffer {} is not a dma-buf",
+                    b.index
+                ]
+            );
+            return Err(gst::FlowError::NotNegotiated);
+        }
         let mem = match b.region.kind() {
             MemoryKind::Memfd => {
                 VpuAllocator::default().wrap_with_release(Arc::clone(&b.region), release)
@@ -629,9 +736,10 @@ impl ObjectImpl for VpuFwhtDec {
                     .nick("Memory policy")
                     .blurb(
                         "CPU caching of decoded frame memory: cacheable (fast CPU reads, one \
-                         cache invalidate per frame mapped), coherent (uncached, no maintenance) \
-                         or auto (cacheable for CPU consumers, coherent for device importers; \
-                         currently always cacheable)",
+                         cache invalidate per frame the CPU maps, one clean when it goes back to \
+                         the VPU), coherent (uncached: no cache maintenance, slow CPU reads) or \
+                         auto (cacheable, with the invalidate done lazily at the first CPU map, so \
+                         a consumer that only imports the memory into a device never pays a sync)",
                     )
                     .mutable_ready()
                     .build(),
@@ -720,11 +828,17 @@ impl ElementImpl for VpuFwhtDec {
                 &formats::fwht_caps(None),
             )
             .expect("static sink template");
+            // System memory first (any consumer), then the same formats as
+            // dma-bufs for importers; which one is used is decided at
+            // negotiation by what the VPU's memory is.
+            let mut caps = formats::raw_caps(&capture_formats());
+            caps.make_mut()
+                .append(formats::raw_dmabuf_caps(&capture_formats()));
             let src = gst::PadTemplate::new(
                 "src",
                 gst::PadDirection::Src,
                 gst::PadPresence::Always,
-                &formats::raw_caps(&capture_formats()),
+                &caps,
             )
             .expect("static src template");
             vec![sink, src]
@@ -768,6 +882,7 @@ impl VideoDecoderImpl for VpuFwhtDec {
             output: None,
             quiet_errors: false,
             queued_at: HashMap::new(),
+            memory: opened.memory,
         });
         Ok(())
     }
