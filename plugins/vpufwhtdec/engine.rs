@@ -101,6 +101,10 @@ struct Inner {
     /// CAPTURE buffers the VPU holds now.
     queued_capture: usize,
     starvation_waits: u64,
+    /// Since when the VPU has held no CAPTURE buffer while streaming.
+    starved_since: Option<Instant>,
+    /// CAPTURE buffers added because downstream held every frame.
+    grown: u64,
     /// Bumped at every change the streaming thread may wait for.
     changes: u64,
 }
@@ -111,7 +115,18 @@ struct CaptureQueue {
     /// `Some(generation)` while the CAPTURE queue streams.
     streaming: Option<u64>,
     next_generation: u64,
+    /// CAPTURE buffers of this generation, and their memory.
+    count: u32,
+    coherency: Option<Coherency>,
 }
+
+/// How long the VPU may sit without a CAPTURE buffer (downstream holds them
+/// all) before the pool grows.
+const STARVE_GRACE: Duration = Duration::from_millis(30);
+/// Buffers added per growth step.
+const GROW_STEP: u32 = 2;
+/// Most CAPTURE buffers the pool grows to (V4L2's `VIDEO_MAX_FRAME`).
+const MAX_CAPTURE: u32 = 32;
 
 pub(super) struct Engine {
     session: Box<dyn Session>,
@@ -120,9 +135,8 @@ pub(super) struct Engine {
     cond: Condvar,
     stop: AtomicBool,
     /// Held by the capture thread around each `wait_event` and by a flush
-    /// around its stream-off/on: the emulated driver reports a completion
-    /// that races a concurrent stream-off as a firmware fault ("returned
-    /// CAPTURE buffer N, which the host had not queued").
+    /// around its stream-off/on, so a flush never interleaves with the
+    /// handling of an event.
     events: Mutex<()>,
 }
 
@@ -328,6 +342,52 @@ impl Engine {
         lock(&self.inner).starvation_waits
     }
 
+    /// CAPTURE buffers added since start because downstream held every frame.
+    pub(super) fn pool_grown(&self) -> u64 {
+        lock(&self.inner).grown
+    }
+
+    /// Grows the CAPTURE pool when the VPU has held no CAPTURE buffer for
+    /// [`STARVE_GRACE`] (downstream keeps every frame): the decoder then
+    /// decodes into new memory instead of stalling or copying
+    /// (`VIDIOC_CREATE_BUFS`). Returns how many buffers were added.
+    pub(super) fn grow_capture_if_starved(&self) -> Result<u32, M2mError> {
+        let mut capture = lock(&self.capture);
+        let (Some(generation), Some(coherency)) = (capture.streaming, capture.coherency) else {
+            return Ok(0);
+        };
+        {
+            let mut inner = lock(&self.inner);
+            if inner.queued_capture > 0 {
+                inner.starved_since = None;
+                return Ok(0);
+            }
+            let since = *inner.starved_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < STARVE_GRACE || capture.count >= MAX_CAPTURE {
+                return Ok(0);
+            }
+            inner.starved_since = None;
+        }
+        let step = GROW_STEP.min(MAX_CAPTURE - capture.count);
+        let buffers =
+            self.session
+                .add_buffers(QueueKind::Capture, step, Memory::Allocate(coherency))?;
+        let n = buffers.len();
+        for b in buffers {
+            self.session.queue(b).map_err(|e| e.error)?;
+        }
+        capture.count += n as u32;
+        log::debug!(
+            "downstream holds every frame: CAPTURE pool grown by {n} to {} (generation {generation})",
+            capture.count
+        );
+        self.notify(|i| {
+            i.queued_capture += n;
+            i.grown += n as u64;
+        });
+        Ok(n as u32)
+    }
+
     /// Stops the CAPTURE queue (if it streams) and sets `format` on it.
     /// Buffers still held downstream become stale (their generation ends).
     pub(super) fn set_capture_format(&self, format: &Format) -> Result<Format, M2mError> {
@@ -352,6 +412,8 @@ impl Engine {
         let generation = capture.next_generation;
         capture.next_generation += 1;
         capture.streaming = Some(generation);
+        capture.count = buffers.len() as u32;
+        capture.coherency = Some(coherency);
         let n = buffers.len();
         for b in buffers {
             self.session.queue(b).map_err(|e| e.error)?;

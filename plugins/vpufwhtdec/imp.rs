@@ -613,6 +613,9 @@ impl VpuFwhtDec {
                 if taken.is_none() && !starved_noted {
                     starved_noted = engine.note_output_wait();
                 }
+                if taken.is_none() {
+                    self.grow_if_starved(engine)?;
+                }
                 Ok::<_, gst::FlowError>(taken.is_some())
             })?;
             let Some(mut b) = taken.filter(|_| got) else {
@@ -634,6 +637,23 @@ impl VpuFwhtDec {
         Ok(())
     }
 
+    /// Grows the CAPTURE pool if downstream holds every frame (see
+    /// `Engine::grow_capture_if_starved`).
+    fn grow_if_starved(&self, engine: &Arc<Engine>) -> Result<(), gst::FlowError> {
+        match engine.grow_capture_if_starved() {
+            Ok(0) => Ok(()),
+            Ok(n) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "downstream holds every frame: {n} more CAPTURE buffers"
+                );
+                Ok(())
+            }
+            Err(e) => Err(self.m2m_error("growing the CAPTURE pool", &e)),
+        }
+    }
+
     /// Drain: every queued frame comes out (or is dropped) before this returns.
     fn drain_all(&self) -> Result<gst::FlowSuccess, gst::FlowError> {
         let Ok(engine) = self.engine() else {
@@ -649,7 +669,12 @@ impl VpuFwhtDec {
                 .map_err(|e| self.m2m_error("draining the VPU", &e))?;
             let done = engine.wait_until(Instant::now() + VPU_WAIT, || {
                 self.service(&engine)?;
-                Ok::<_, gst::FlowError>(engine.drain_state() != DrainState::Running)
+                let running = engine.drain_state() == DrainState::Running;
+                if running {
+                    // LAST needs a CAPTURE buffer too.
+                    self.grow_if_starved(&engine)?;
+                }
+                Ok::<_, gst::FlowError>(!running)
             })?;
             if !done {
                 engine.cancel_drain();
@@ -680,9 +705,13 @@ impl VpuFwhtDec {
 
     fn stats_structure(&self) -> gst::Structure {
         let stats = lock(&self.stats).clone();
-        let (checker, starvation) = match lock(&self.state).as_ref() {
-            Some(s) => (s.checker.clone(), s.engine.starvation_waits()),
-            None => (None, 0),
+        let (checker, starvation, grown) = match lock(&self.state).as_ref() {
+            Some(s) => (
+                s.checker.clone(),
+                s.engine.starvation_waits(),
+                s.engine.pool_grown(),
+            ),
+            None => (None, 0, 0),
         };
         let (syncs, violations) = checker
             .map(|c| {
@@ -706,6 +735,7 @@ impl VpuFwhtDec {
             .field("cache-syncs", syncs)
             .field("coherency-violations", violations)
             .field("starvation-waits", starvation)
+            .field("pool-grown", grown)
             .field("vpu-time-per-frame-us", per_frame)
             .build()
     }
@@ -751,7 +781,8 @@ impl ObjectImpl for VpuFwhtDec {
                          path), bytes-copied (coded bytes written into VPU bitstream buffers), \
                          cache-syncs and coherency-violations (from the VPU's coherency \
                          checker, VPU-wide), starvation-waits (waits while downstream held every \
-                         decoded frame buffer), vpu-time-per-frame-us (mean microseconds from \
+                         decoded frame buffer), pool-grown (frame buffers added because \
+                         downstream held all of them), vpu-time-per-frame-us (mean microseconds from \
                          queueing a frame to the VPU until it is decoded)",
                     )
                     .read_only()
