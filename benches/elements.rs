@@ -25,15 +25,18 @@
 //! proposed pool (no copy), but its generation cost is inside the figure;
 //! `videotestsrc ! fakesink` alone is printed next to it.
 //!
-//! Copies and cache syncs per frame come from the elements' `stats`
-//! property (`frame-copies / frames-out`; `cache-syncs` is the whole
-//! emulated VPU's counter, so its difference between READY and EOS is
-//! taken; nothing else uses the VPU meanwhile).
+//! Copies per frame come from the element's `stats` property
+//! (`frame-copies / frames-out`). Cache syncs per frame are the difference
+//! of the emulated VPU's checker counters (sync_for_device + sync_for_cpu
+//! on cacheable regions) between READY and EOS: the `cache-syncs` field of
+//! `stats` is that same VPU-wide running total, not a per-element count
+//! (nothing else uses the VPU while a pipeline is timed).
 //!
 //! Run: `cargo bench --bench elements`. Environment: ELEMENTS_BENCH_FRAMES=n
 //! frames per run (default 120 at 640x480, 30 at 1920x1080),
 //! ELEMENTS_BENCH_RUNS=n (default 5; the median is printed),
-//! ELEMENTS_BENCH_SIZE=640x480 (one size only). Under
+//! ELEMENTS_BENCH_SIZE=640x480 (one size only), ELEMENTS_BENCH_ROWS=enc,vts,dec
+//! (which rows; e.g. `dec` alone under a profiler). Under
 //! `cargo test --all-targets` (no `--bench` argument) it runs once on a few
 //! small frames, as a smoke test. The load average is printed before and
 //! after: on a shared 2-core machine, compare the ratios within one run.
@@ -135,6 +138,17 @@ fn stats_u64(s: &gst::Structure, field: &str) -> u64 {
         .unwrap_or_else(|e| panic!("stats {field}: {e}"))
 }
 
+/// Cache syncs issued so far on the process's emulated VPU (the one the
+/// elements use with `device=auto`). Read directly: the elements' `stats`
+/// report this same VPU-wide counter, not a per-element one.
+fn vpu_syncs() -> u64 {
+    let s = gstrsvpu::emulated_vpu()
+        .expect("emulated VPU")
+        .checker()
+        .stats();
+    s.syncs_for_device + s.syncs_for_cpu
+}
+
 fn wait_eos(pipeline: &gst::Pipeline) {
     let bus = pipeline.bus().expect("bus");
     for msg in bus.iter_timed(gst::ClockTime::from_seconds(300)) {
@@ -162,10 +176,7 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
         .expect("a pipeline");
     let codec = pipeline.by_name("codec");
     pipeline.set_state(gst::State::Ready).expect("READY");
-    let syncs_before = codec
-        .as_ref()
-        .map(|c| stats_u64(&c.property::<gst::Structure>("stats"), "cache-syncs"))
-        .unwrap_or(0);
+    let syncs_before = vpu_syncs();
     // Fresh buffers (shallow copies sharing the frames' memory) with
     // timestamps, made before the clock starts.
     let buffers: Vec<gst::Buffer> = feed
@@ -205,7 +216,7 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
                 secs: elapsed.as_secs_f64(),
                 frames_out: stats_u64(&s, "frames-out"),
                 copies: stats_u64(&s, "frame-copies"),
-                syncs: stats_u64(&s, "cache-syncs") - syncs_before,
+                syncs: vpu_syncs() - syncs_before,
             }
         }
         None => ElementRun {
@@ -267,7 +278,7 @@ struct Row {
 fn print_row(r: &Row) {
     let n = r.run.frames_out.max(1) as f64;
     println!(
-        "{:<22} {:>9.1} {:>9.1} {:>6.3} {:>8.2} {:>8.2}  {}",
+        "{:<27} {:>9.1} {:>9.1} {:>6.3} {:>8.2} {:>8.2}  {}",
         r.label,
         r.bare,
         r.element,
@@ -306,51 +317,58 @@ fn measure(w: u32, h: u32, n: usize, runs: usize) {
         "appsrc name=src format=time max-bytes=0 caps={} ! vpufwhtenc name=codec ! fakesink sync=false",
         raw_caps(w, h)
     );
-    let (enc_fps, enc_run) = element_fps(&enc_launch, Some(&frames), n, runs);
-
-    let vts_launch = format!(
-        "videotestsrc pattern=ball num-buffers={n} ! {} ! vpufwhtenc name=codec ! fakesink sync=false",
-        raw_caps(w, h)
-    );
-    let (vts_fps, vts_run) = element_fps(&vts_launch, None, n, runs);
-    let src_launch = format!(
-        "videotestsrc pattern=ball num-buffers={n} ! {} ! fakesink sync=false",
-        raw_caps(w, h)
-    );
-    let (src_fps, _) = element_fps(&src_launch, None, n, runs);
-
-    let coded_bufs: Vec<gst::Buffer> = coded
-        .iter()
-        .map(|c| gst::Buffer::from_slice(c.clone()))
-        .collect();
-    let dec_launch = format!(
-        "appsrc name=src format=time max-bytes=0 caps=video/x-fwht,width={w},height={h},framerate=30/1 \
-         ! vpufwhtdec name=codec ! fakesink sync=false"
-    );
-    let (dec_fps, dec_run) = element_fps(&dec_launch, Some(&coded_bufs), n, runs);
-
+    let rows = std::env::var("ELEMENTS_BENCH_ROWS").unwrap_or_else(|_| "enc,vts,dec".into());
+    let want = |r: &str| rows.split(',').any(|x| x == r);
     let size = format!("{w}x{h}");
-    print_row(&Row {
-        label: format!("{size} enc appsrc"),
-        bare: bare_enc,
-        element: enc_fps,
-        run: enc_run,
-        note: String::new(),
-    });
-    print_row(&Row {
-        label: format!("{size} enc videotestsrc"),
-        bare: bare_enc,
-        element: vts_fps,
-        run: vts_run,
-        note: format!("(videotestsrc ! fakesink alone: {src_fps:.1} f/s)"),
-    });
-    print_row(&Row {
-        label: format!("{size} dec appsrc"),
-        bare: bare_dec,
-        element: dec_fps,
-        run: dec_run,
-        note: String::new(),
-    });
+    if want("enc") {
+        let (enc_fps, enc_run) = element_fps(&enc_launch, Some(&frames), n, runs);
+        print_row(&Row {
+            label: format!("{size} enc appsrc"),
+            bare: bare_enc,
+            element: enc_fps,
+            run: enc_run,
+            note: String::new(),
+        });
+    }
+
+    if want("vts") {
+        let vts_launch = format!(
+            "videotestsrc pattern=ball num-buffers={n} ! {} ! vpufwhtenc name=codec ! fakesink sync=false",
+            raw_caps(w, h)
+        );
+        let (vts_fps, vts_run) = element_fps(&vts_launch, None, n, runs);
+        let src_launch = format!(
+            "videotestsrc pattern=ball num-buffers={n} ! {} ! fakesink sync=false",
+            raw_caps(w, h)
+        );
+        let (src_fps, _) = element_fps(&src_launch, None, n, runs);
+
+        print_row(&Row {
+            label: format!("{size} enc videotestsrc"),
+            bare: bare_enc,
+            element: vts_fps,
+            run: vts_run,
+            note: format!("(videotestsrc ! fakesink alone: {src_fps:.1} f/s)"),
+        });
+    }
+    if want("dec") {
+        let coded_bufs: Vec<gst::Buffer> = coded
+            .iter()
+            .map(|c| gst::Buffer::from_slice(c.clone()))
+            .collect();
+        let dec_launch = format!(
+            "appsrc name=src format=time max-bytes=0 caps=video/x-fwht,width={w},height={h},framerate=30/1 \
+             ! vpufwhtdec name=codec ! fakesink sync=false"
+        );
+        let (dec_fps, dec_run) = element_fps(&dec_launch, Some(&coded_bufs), n, runs);
+        print_row(&Row {
+            label: format!("{size} dec appsrc"),
+            bare: bare_dec,
+            element: dec_fps,
+            run: dec_run,
+            note: String::new(),
+        });
+    }
 }
 
 fn main() {
@@ -377,7 +395,7 @@ fn main() {
     );
     println!("load average before: {}", loadavg());
     println!(
-        "{:<22} {:>9} {:>9} {:>6} {:>8} {:>8}",
+        "{:<27} {:>9} {:>9} {:>6} {:>8} {:>8}",
         "size / pipeline", "bare", "element", "ratio", "copies/f", "syncs/f"
     );
     for (w, h, n) in sizes {
