@@ -32,6 +32,12 @@
 //! `stats` is that same VPU-wide running total, not a per-element count
 //! (nothing else uses the VPU while a pipeline is timed).
 //!
+//! Per frame, also: wall time of each side, the process's CPU time (all
+//! threads, from `/proc/self/task/*/schedstat`, last run) during the element
+//! run, and the element's `vpu-time-per-frame-us` (queue to done). CPU time
+//! near the bare codec's and wall time well above it means the overhead is
+//! waiting (thread hand-offs), not work.
+//!
 //! Run: `cargo bench --bench elements`. Environment: ELEMENTS_BENCH_FRAMES=n
 //! frames per run (default 120 at 640x480, 30 at 1920x1080),
 //! ELEMENTS_BENCH_RUNS=n (default 5; the median is printed),
@@ -131,6 +137,10 @@ struct ElementRun {
     frames_out: u64,
     copies: u64,
     syncs: u64,
+    /// CPU time of the whole process from PLAYING to EOS, seconds.
+    cpu: f64,
+    /// The element's `vpu-time-per-frame-us`.
+    vpu_us: u64,
 }
 
 fn stats_u64(s: &gst::Structure, field: &str) -> u64 {
@@ -147,6 +157,21 @@ fn vpu_syncs() -> u64 {
         .checker()
         .stats();
     s.syncs_for_device + s.syncs_for_cpu
+}
+
+/// CPU time consumed so far by the threads of this process that are
+/// alive now (sum of `/proc/self/task/*/schedstat`, nanosecond resolution).
+/// Read at EOS, before the pipeline goes to NULL, so its threads count.
+fn cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let ns: u64 = dir
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 fn wait_eos(pipeline: &gst::Pipeline) {
@@ -192,6 +217,7 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
             b
         })
         .collect();
+    let cpu0 = cpu_secs();
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
     if feed.is_some() {
@@ -204,6 +230,7 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
     }
     wait_eos(&pipeline);
     let elapsed = t.elapsed();
+    let cpu = cpu_secs() - cpu0;
     let run = match &codec {
         Some(c) => {
             let s = c.property::<gst::Structure>("stats");
@@ -217,6 +244,8 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
                 frames_out: stats_u64(&s, "frames-out"),
                 copies: stats_u64(&s, "frame-copies"),
                 syncs: vpu_syncs() - syncs_before,
+                cpu,
+                vpu_us: stats_u64(&s, "vpu-time-per-frame-us"),
             }
         }
         None => ElementRun {
@@ -224,6 +253,8 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
             frames_out: 0,
             copies: 0,
             syncs: 0,
+            cpu,
+            vpu_us: 0,
         },
     };
     pipeline.set_state(gst::State::Null).expect("NULL");
@@ -278,13 +309,17 @@ struct Row {
 fn print_row(r: &Row) {
     let n = r.run.frames_out.max(1) as f64;
     println!(
-        "{:<27} {:>9.1} {:>9.1} {:>6.3} {:>8.2} {:>8.2}  {}",
+        "{:<27} {:>9.1} {:>9.1} {:>6.3} {:>8.2} {:>8.2} {:>8.0} {:>8.0} {:>8.0} {:>7.0}  {}",
         r.label,
         r.bare,
         r.element,
         r.element / r.bare,
         r.run.copies as f64 / n,
         r.run.syncs as f64 / n,
+        1e6 / r.bare,
+        1e6 / r.element,
+        r.run.cpu * 1e6 / n,
+        r.run.vpu_us,
         r.note
     );
 }
@@ -395,8 +430,22 @@ fn main() {
     );
     println!("load average before: {}", loadavg());
     println!(
-        "{:<27} {:>9} {:>9} {:>6} {:>8} {:>8}",
-        "size / pipeline", "bare", "element", "ratio", "copies/f", "syncs/f"
+        "{:<27} {:>9} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "size / pipeline",
+        "bare",
+        "element",
+        "ratio",
+        "copies/f",
+        "syncs/f",
+        "bare us",
+        "elem us",
+        "elem cpu",
+        "vpu us"
+    );
+    println!(
+        "  (bare/element: frames/s; ratio element/bare; bare us, elem us: wall time per frame;\n   \
+         elem cpu: CPU time of the process per frame, all threads; vpu us: the element's\n   \
+         vpu-time-per-frame-us, queue to done; per-frame columns from the last run)"
     );
     for (w, h, n) in sizes {
         measure(w, h, frames.unwrap_or(n), runs);
