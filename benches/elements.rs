@@ -38,6 +38,15 @@
 //! near the bare codec's and wall time well above it means the overhead is
 //! waiting (thread hand-offs), not work.
 //!
+//! Profiling the elements' side (thread names: `src:src` = appsrc's
+//! streaming thread running handle_frame, `vpu-fw` = the emulated VPU's
+//! firmware doing the coding, `vpu-irq`, `vpu-capture`):
+//! `ELEMENTS_BENCH_SIZE=1920x1080 ELEMENTS_BENCH_ROWS=dec perf record -F 4000
+//! -e cpu-clock --call-graph dwarf target/release/deps/elements-<hash> --bench`,
+//! then `perf report --sort comm,dso,sym`; `valgrind --tool=callgrind` on the
+//! same binary with ELEMENTS_BENCH_FRAMES=30 counts instructions (user space
+//! only: it misses the mmap/munmap and context-switch costs).
+//!
 //! Run: `cargo bench --bench elements`. Environment: ELEMENTS_BENCH_FRAMES=n
 //! frames per run (default 120 at 640x480, 30 at 1920x1080),
 //! ELEMENTS_BENCH_RUNS=n (default 5; the median is printed),
