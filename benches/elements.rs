@@ -1,0 +1,463 @@
+//! Element throughput: `vpufwhtenc` and `vpufwhtdec` in a pipeline next to
+//! the bare FWHT codec (`FwhtEncoder` / `FwhtDecoder`) on the same frames, in
+//! one run, at 640x480 and 1920x1080, I420, GOP 10, QP 20/20 (defaults).
+//!
+//! Content: `videotestsrc pattern=ball` frames, pulled once through an
+//! appsink before anything is timed. Both sides get identical frames:
+//! - bare encode: the frames re-laid into the codec's layout
+//!   (`Format::raw`: vicodec strides, zeroed padding rows, exactly what the
+//!   encoder element's copy produces) and encoded in a loop, one thread;
+//! - element encode: `appsrc ! vpufwhtenc ! fakesink`, the appsrc holding
+//!   the captured buffers (system memory: the encoder copies each frame
+//!   once into VPU memory, counted in its `stats`);
+//! - bare decode: the bare encoder's stream, frame by frame;
+//! - element decode: the same coded frames, one per buffer, from
+//!   `appsrc caps=video/x-fwht ! vpufwhtdec ! fakesink`.
+//!
+//! Element timing: the pipeline is first brought to READY (VPU session
+//! open), then the clock runs from `set_state(Playing)` to EOS on the bus;
+//! all buffers and the EOS are handed to appsrc right after the state change
+//! (reference counts only: no source generation is timed). Caps negotiation
+//! and pool allocation are thus inside the timed span, once per run.
+//!
+//! A second encode row, `videotestsrc pattern=ball ! vpufwhtenc ! fakesink`,
+//! is the issue's literal pipeline: videotestsrc writes into the encoder's
+//! proposed pool (no copy), but its generation cost is inside the figure;
+//! `videotestsrc ! fakesink` alone is printed next to it.
+//!
+//! Copies per frame come from the element's `stats` property
+//! (`frame-copies / frames-out`). Cache syncs per frame are the difference
+//! of the emulated VPU's checker counters (sync_for_device + sync_for_cpu
+//! on cacheable regions) between READY and EOS: the `cache-syncs` field of
+//! `stats` is that same VPU-wide running total, not a per-element count
+//! (nothing else uses the VPU while a pipeline is timed).
+//!
+//! Per frame, also: wall time of each side, the process's CPU time (all
+//! threads, from `/proc/self/task/*/schedstat`, last run) during the element
+//! run, and the element's `vpu-time-per-frame-us` (queue to done). CPU time
+//! near the bare codec's and wall time well above it means the overhead is
+//! waiting (thread hand-offs), not work.
+//!
+//! Profiling the elements' side (thread names: `src:src` = appsrc's
+//! streaming thread running handle_frame, `vpu-fw` = the emulated VPU's
+//! firmware doing the coding, `vpu-irq`, `vpu-capture`):
+//! `ELEMENTS_BENCH_SIZE=1920x1080 ELEMENTS_BENCH_ROWS=dec perf record -F 4000
+//! -e cpu-clock --call-graph dwarf target/release/deps/elements-<hash> --bench`,
+//! then `perf report --sort comm,dso,sym`; `valgrind --tool=callgrind` on the
+//! same binary with ELEMENTS_BENCH_FRAMES=30 counts instructions (user space
+//! only: it misses the mmap/munmap and context-switch costs).
+//!
+//! Run: `cargo bench --bench elements`. Environment: ELEMENTS_BENCH_FRAMES=n
+//! frames per run (default 120 at 640x480, 30 at 1920x1080),
+//! ELEMENTS_BENCH_RUNS=n (default 5; the median is printed),
+//! ELEMENTS_BENCH_SIZE=640x480 (one size only), ELEMENTS_BENCH_ROWS=enc,vts,dec
+//! (which rows; e.g. `dec` alone under a profiler). Under
+//! `cargo test --all-targets` (no `--bench` argument) it runs once on a few
+//! small frames, as a smoke test. The load average is printed before and
+//! after: on a shared 2-core machine, compare the ratios within one run.
+
+use std::time::Instant;
+
+use gst::prelude::*;
+use gst_video::prelude::*;
+use gstrsvpu::m2m::{Format, PixelFormat};
+use gstrsvpu::vpu::codec::fwht::{EncoderParams, FwhtDecoder, FwhtEncoder};
+
+fn benching() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+fn env_num(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn raw_caps(w: u32, h: u32) -> String {
+    format!("video/x-raw,format=I420,width={w},height={h},framerate=30/1")
+}
+
+/// `n` frames of `videotestsrc pattern=ball`, as videotestsrc lays them out.
+fn capture(w: u32, h: u32, n: usize) -> (Vec<gst::Buffer>, gst_video::VideoInfo) {
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc pattern=ball num-buffers={n} ! {} ! appsink name=sink sync=false",
+        raw_caps(w, h)
+    ))
+    .expect("capture pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    let sink = pipeline.by_name("sink").expect("appsink");
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("capture plays");
+    let mut frames = Vec::with_capacity(n);
+    let mut info = None;
+    while let Some(sample) = sink.emit_by_name::<Option<gst::Sample>>("pull-sample", &[]) {
+        if info.is_none() {
+            let caps = sample.caps().expect("sample caps");
+            info = Some(gst_video::VideoInfo::from_caps(caps).expect("video caps"));
+        }
+        frames.push(sample.buffer_owned().expect("sample buffer"));
+    }
+    pipeline.set_state(gst::State::Null).expect("capture stops");
+    assert_eq!(frames.len(), n, "videotestsrc gave every frame");
+    (frames, info.expect("at least one frame"))
+}
+
+/// `buf` re-laid per `raw`: vicodec strides, padding zeroed.
+fn to_layout(buf: &gst::Buffer, info: &gst_video::VideoInfo, raw: &Format) -> Vec<u8> {
+    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buf.as_ref(), info)
+        .expect("readable frame");
+    let mut dst = vec![0u8; raw.size];
+    for (p, layout) in raw.planes.iter().enumerate() {
+        let (pw, ph) = if p == 0 {
+            (info.width() as usize, info.height() as usize)
+        } else {
+            (
+                info.width().div_ceil(2) as usize,
+                info.height().div_ceil(2) as usize,
+            )
+        };
+        let src = frame.plane_data(p as u32).expect("plane");
+        let stride = frame.plane_stride()[p] as usize;
+        for row in 0..ph {
+            let d = layout.offset + row * layout.stride;
+            dst[d..d + pw].copy_from_slice(&src[row * stride..row * stride + pw]);
+        }
+    }
+    dst
+}
+
+struct ElementRun {
+    /// Seconds from PLAYING to EOS.
+    secs: f64,
+    frames_out: u64,
+    copies: u64,
+    syncs: u64,
+    /// CPU time of the whole process from PLAYING to EOS, seconds.
+    cpu: f64,
+    /// The element's `vpu-time-per-frame-us`.
+    vpu_us: u64,
+}
+
+fn stats_u64(s: &gst::Structure, field: &str) -> u64 {
+    s.get::<u64>(field)
+        .unwrap_or_else(|e| panic!("stats {field}: {e}"))
+}
+
+/// Cache syncs issued so far on the process's emulated VPU (the one the
+/// elements use with `device=auto`). Read directly: the elements' `stats`
+/// report this same VPU-wide counter, not a per-element one.
+fn vpu_syncs() -> u64 {
+    let s = gstrsvpu::emulated_vpu()
+        .expect("emulated VPU")
+        .checker()
+        .stats();
+    s.syncs_for_device + s.syncs_for_cpu
+}
+
+/// CPU time consumed so far by the threads of this process that are
+/// alive now (sum of `/proc/self/task/*/schedstat`, nanosecond resolution).
+/// Read at EOS, before the pipeline goes to NULL, so its threads count.
+fn cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let ns: u64 = dir
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
+}
+
+fn wait_eos(pipeline: &gst::Pipeline) {
+    let bus = pipeline.bus().expect("bus");
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(300)) {
+        match msg.view() {
+            gst::MessageView::Eos(..) => return,
+            gst::MessageView::Error(e) => panic!(
+                "pipeline error from {:?}: {} ({:?})",
+                e.src().map(|s| s.path_string()),
+                e.error(),
+                e.debug()
+            ),
+            _ => {}
+        }
+    }
+    panic!("no EOS within 300 s");
+}
+
+/// One timed run of `launch`, whose element `codec` is the one measured;
+/// `feed` hands the input to the element named `src` (if any) right after
+/// the pipeline is set to PLAYING.
+fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
+    let pipeline = gst::parse::launch(launch)
+        .expect("pipeline")
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let codec = pipeline.by_name("codec");
+    pipeline.set_state(gst::State::Ready).expect("READY");
+    let syncs_before = vpu_syncs();
+    // Fresh buffers (shallow copies sharing the frames' memory) with
+    // timestamps, made before the clock starts.
+    let buffers: Vec<gst::Buffer> = feed
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut b = b.copy();
+            let bm = b.get_mut().expect("fresh buffer");
+            let d = gst::ClockTime::SECOND / 30;
+            bm.set_pts(d * i as u64);
+            bm.set_duration(d);
+            b
+        })
+        .collect();
+    let cpu0 = cpu_secs();
+    let t = Instant::now();
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    if feed.is_some() {
+        let src = pipeline.by_name("src").expect("appsrc");
+        for b in buffers {
+            let r = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
+            assert_eq!(r, gst::FlowReturn::Ok, "appsrc takes the buffer");
+        }
+        let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    }
+    wait_eos(&pipeline);
+    let elapsed = t.elapsed();
+    let cpu = cpu_secs() - cpu0;
+    let run = match &codec {
+        Some(c) => {
+            let s = c.property::<gst::Structure>("stats");
+            assert_eq!(
+                stats_u64(&s, "coherency-violations"),
+                0,
+                "no coherency violation"
+            );
+            ElementRun {
+                secs: elapsed.as_secs_f64(),
+                frames_out: stats_u64(&s, "frames-out"),
+                copies: stats_u64(&s, "frame-copies"),
+                syncs: vpu_syncs() - syncs_before,
+                cpu,
+                vpu_us: stats_u64(&s, "vpu-time-per-frame-us"),
+            }
+        }
+        None => ElementRun {
+            secs: elapsed.as_secs_f64(),
+            frames_out: 0,
+            copies: 0,
+            syncs: 0,
+            cpu,
+            vpu_us: 0,
+        },
+    };
+    pipeline.set_state(gst::State::Null).expect("NULL");
+    run
+}
+
+/// Median frames/s of `runs` runs of `launch` over `n` frames, with the
+/// stats of the last run.
+fn element_fps(
+    launch: &str,
+    feed: Option<&[gst::Buffer]>,
+    n: usize,
+    runs: usize,
+) -> (f64, ElementRun) {
+    let mut last = None;
+    let fps = median(
+        (0..runs)
+            .map(|_| {
+                let r = run_pipeline(launch, feed);
+                let f = n as f64 / r.secs;
+                if launch.contains("name=codec") {
+                    assert_eq!(r.frames_out, n as u64, "every frame out: {launch}");
+                }
+                last = Some(r);
+                f
+            })
+            .collect(),
+    );
+    (fps, last.expect("at least one run"))
+}
+
+fn bare_fps(n: usize, runs: usize, mut f: impl FnMut()) -> f64 {
+    median(
+        (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                n as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+struct Row {
+    label: String,
+    bare: f64,
+    element: f64,
+    run: ElementRun,
+    note: String,
+}
+
+fn print_row(r: &Row) {
+    let n = r.run.frames_out.max(1) as f64;
+    println!(
+        "{:<27} {:>9.1} {:>9.1} {:>6.3} {:>8.2} {:>8.2} {:>8.0} {:>8.0} {:>8.0} {:>7.0}  {}",
+        r.label,
+        r.bare,
+        r.element,
+        r.element / r.bare,
+        r.run.copies as f64 / n,
+        r.run.syncs as f64 / n,
+        1e6 / r.bare,
+        1e6 / r.element,
+        r.run.cpu * 1e6 / n,
+        r.run.vpu_us,
+        r.note
+    );
+}
+
+fn measure(w: u32, h: u32, n: usize, runs: usize) {
+    let (frames, info) = capture(w, h, n);
+    let raw = Format::raw(PixelFormat::I420, w, h).expect("I420 layout");
+    let laid: Vec<Vec<u8>> = frames.iter().map(|b| to_layout(b, &info, &raw)).collect();
+
+    // Bare encode (and the stream both decoders get).
+    let mut coded: Vec<Vec<u8>> = Vec::new();
+    let bare_enc = bare_fps(n, runs, || {
+        let mut enc = FwhtEncoder::new(&raw, EncoderParams::default()).expect("encoder");
+        let mut dst = vec![0u8; FwhtEncoder::max_frame_size(&raw)];
+        coded.clear();
+        for src in &laid {
+            let e = enc.encode(src, &mut dst).expect("encode");
+            coded.push(dst[..e.bytes].to_vec());
+        }
+    });
+    let bare_dec = bare_fps(n, runs, || {
+        let mut dec = FwhtDecoder::new();
+        let mut dst = vec![0u8; raw.size];
+        for c in &coded {
+            dec.decode(c, &raw, &mut dst).expect("decode");
+        }
+    });
+
+    let enc_launch = format!(
+        "appsrc name=src format=time max-bytes=0 caps={} ! vpufwhtenc name=codec ! fakesink sync=false",
+        raw_caps(w, h)
+    );
+    let rows = std::env::var("ELEMENTS_BENCH_ROWS").unwrap_or_else(|_| "enc,vts,dec".into());
+    let want = |r: &str| rows.split(',').any(|x| x == r);
+    let size = format!("{w}x{h}");
+    if want("enc") {
+        let (enc_fps, enc_run) = element_fps(&enc_launch, Some(&frames), n, runs);
+        print_row(&Row {
+            label: format!("{size} enc appsrc"),
+            bare: bare_enc,
+            element: enc_fps,
+            run: enc_run,
+            note: String::new(),
+        });
+    }
+
+    if want("vts") {
+        let vts_launch = format!(
+            "videotestsrc pattern=ball num-buffers={n} ! {} ! vpufwhtenc name=codec ! fakesink sync=false",
+            raw_caps(w, h)
+        );
+        let (vts_fps, vts_run) = element_fps(&vts_launch, None, n, runs);
+        let src_launch = format!(
+            "videotestsrc pattern=ball num-buffers={n} ! {} ! fakesink sync=false",
+            raw_caps(w, h)
+        );
+        let (src_fps, _) = element_fps(&src_launch, None, n, runs);
+
+        print_row(&Row {
+            label: format!("{size} enc videotestsrc"),
+            bare: bare_enc,
+            element: vts_fps,
+            run: vts_run,
+            note: format!("(videotestsrc ! fakesink alone: {src_fps:.1} f/s)"),
+        });
+    }
+    if want("dec") {
+        let coded_bufs: Vec<gst::Buffer> = coded
+            .iter()
+            .map(|c| gst::Buffer::from_slice(c.clone()))
+            .collect();
+        let dec_launch = format!(
+            "appsrc name=src format=time max-bytes=0 caps=video/x-fwht,width={w},height={h},framerate=30/1 \
+             ! vpufwhtdec name=codec ! fakesink sync=false"
+        );
+        let (dec_fps, dec_run) = element_fps(&dec_launch, Some(&coded_bufs), n, runs);
+        print_row(&Row {
+            label: format!("{size} dec appsrc"),
+            bare: bare_dec,
+            element: dec_fps,
+            run: dec_run,
+            note: String::new(),
+        });
+    }
+}
+
+fn main() {
+    gst::init().expect("gst init");
+    gstrsvpu::plugin_register_static().expect("rsvpu registers");
+    let bench = benching();
+    let runs = if bench {
+        env_num("ELEMENTS_BENCH_RUNS").unwrap_or(5)
+    } else {
+        1
+    };
+    let frames = env_num("ELEMENTS_BENCH_FRAMES");
+    let only = std::env::var("ELEMENTS_BENCH_SIZE").ok();
+    let sizes: Vec<(u32, u32, usize)> = if bench {
+        [(640, 480, 120), (1920, 1080, 30)]
+            .into_iter()
+            .filter(|(w, h, _)| only.as_deref().is_none_or(|s| s == format!("{w}x{h}")))
+            .collect()
+    } else {
+        vec![(64, 48, 3)]
+    };
+    println!(
+        "FWHT I420, videotestsrc pattern=ball frames, GOP 10, QP 20/20, median of {runs} runs, frames/s"
+    );
+    println!("load average before: {}", loadavg());
+    println!(
+        "{:<27} {:>9} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "size / pipeline",
+        "bare",
+        "element",
+        "ratio",
+        "copies/f",
+        "syncs/f",
+        "bare us",
+        "elem us",
+        "elem cpu",
+        "vpu us"
+    );
+    println!(
+        "  (bare/element: frames/s; ratio element/bare; bare us, elem us: wall time per frame;\n   \
+         elem cpu: CPU time of the process per frame, all threads; vpu us: the element's\n   \
+         vpu-time-per-frame-us, queue to done; per-frame columns from the last run)"
+    );
+    for (w, h, n) in sizes {
+        measure(w, h, frames.unwrap_or(n), runs);
+    }
+    println!("load average after: {}", loadavg());
+}
