@@ -201,18 +201,8 @@ impl Decoder {
         self.drain = None;
     }
 
-    pub(crate) fn run(
-        &mut self,
-        output: &mut FwQueue,
-        capture: &mut FwQueue,
-        faults: &Faults,
-        sink: &mut Sink<'_>,
-    ) {
-        while self.step(output, capture, faults, sink) {}
-    }
-
     /// One unit of work; false when nothing more can happen now.
-    fn step(
+    pub(crate) fn step(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,

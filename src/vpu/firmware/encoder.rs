@@ -149,42 +149,46 @@ impl Encoder {
         self.drain = None;
     }
 
-    pub(crate) fn run(
+    /// One unit of work (a frame coded, or the drain finished); false when
+    /// nothing more can happen now.
+    pub(crate) fn step(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
         faults: &Faults,
         sink: &mut Sink<'_>,
-    ) {
-        while self.phase == Phase::Running && capture.streaming {
-            if output.streaming
-                && self.drain.is_none_or(|n| n > 0)
-                && !output.buffers.is_empty()
-                && let Some(dst) = capture.buffers.pop_front()
-                && let Some(src) = output.buffers.pop_front()
-            {
-                self.encode(src, dst, output.format.as_ref(), faults, sink);
-                if let Some(n) = self.drain.as_mut() {
-                    *n -= 1;
-                }
-            } else if self.drain == Some(0) {
-                let Some(dst) = capture.buffers.pop_front() else {
-                    return;
-                };
-                sink.done(
-                    QueueKind::Capture,
-                    &dst,
-                    0,
-                    BufferFlags::LAST,
-                    self.sequence,
-                    "",
-                );
-                self.phase = Phase::Stopped;
-                self.drain = None;
-            } else {
-                return;
-            }
+    ) -> bool {
+        if self.phase != Phase::Running || !capture.streaming {
+            return false;
         }
+        if output.streaming
+            && self.drain.is_none_or(|n| n > 0)
+            && !output.buffers.is_empty()
+            && let Some(dst) = capture.buffers.pop_front()
+            && let Some(src) = output.buffers.pop_front()
+        {
+            self.encode(src, dst, output.format.as_ref(), faults, sink);
+            if let Some(n) = self.drain.as_mut() {
+                *n -= 1;
+            }
+            return true;
+        }
+        if self.drain == Some(0)
+            && let Some(dst) = capture.buffers.pop_front()
+        {
+            sink.done(
+                QueueKind::Capture,
+                &dst,
+                0,
+                BufferFlags::LAST,
+                self.sequence,
+                "",
+            );
+            self.phase = Phase::Stopped;
+            self.drain = None;
+            return true;
+        }
+        false
     }
 
     fn encode(

@@ -2,8 +2,9 @@
 //!
 //! The loop waits on the doorbell (host -> VPU eventfd) or a short tick,
 //! bumps the heartbeat, takes every command off the command ring, lets every
-//! session do what work its queues allow, then posts the responses and raises
-//! the interrupt (VPU -> host eventfd). It sees the host only through the
+//! session do one unit of work (a frame), then posts the responses and raises
+//! the interrupt (VPU -> host eventfd); while there is work it does not
+//! sleep. It sees the host only through the
 //! control region, the IOMMU table and the two eventfds, and reaches frame
 //! memory only through `Region::device_read`/`device_write`, so the coherency
 //! checker sees it exactly like DMA.
@@ -161,10 +162,17 @@ impl Core {
         if let Some(state) = self.counter(FW_STATE_OFFSET) {
             state.store(FW_STATE_RUNNING, Ordering::Release);
         }
+        // Whether the last pass did work: then the next one only polls the
+        // doorbell, so a busy core never sleeps between frames.
+        let mut busy = false;
         while !stop.load(Ordering::Acquire) {
             // A failed wait is retried on the next pass; the tick bounds it.
-            let _ = self.parts.doorbell.wait(Some(TICK));
+            let _ = self
+                .parts
+                .doorbell
+                .wait(Some(if busy { Duration::ZERO } else { TICK }));
             if self.parts.faults.hang.load(Ordering::SeqCst) {
+                busy = false;
                 continue;
             }
             if let Some(hb) = self.counter(HEARTBEAT_OFFSET) {
@@ -187,8 +195,13 @@ impl Core {
                 self.post(outbox);
                 return;
             }
+            // One unit of work per session per pass, then the responses go
+            // out: each frame is reported as soon as it is done (the host
+            // refills while the core works on the next one), and sessions
+            // take turns.
+            busy = false;
             for session in self.sessions.values_mut() {
-                session.run(&self.parts.faults, &mut outbox);
+                busy |= session.step(&self.parts.faults, &mut outbox);
             }
             self.post(outbox);
         }
@@ -207,11 +220,6 @@ impl Core {
                         text: e.to_string(),
                     },
                 ),
-            }
-            // Let queued work interleave with commands in ring order, so a
-            // command acts after the buffers queued before it were offered.
-            if let Some(s) = self.sessions.get_mut(&session) {
-                s.run(&self.parts.faults, outbox);
             }
         }
         Ok(())

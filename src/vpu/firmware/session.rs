@@ -314,15 +314,15 @@ impl FwSession {
         }
     }
 
-    /// Does whatever work the queues allow right now.
-    pub(crate) fn run(&mut self, faults: &Faults, outbox: &mut Outbox) {
+    /// Does one unit of the work the queues allow; false if there was none.
+    pub(crate) fn step(&mut self, faults: &Faults, outbox: &mut Outbox) -> bool {
         let mut sink = Sink {
             id: self.id,
             outbox,
         };
         match &mut self.engine {
-            Engine::Decoder(d) => d.run(&mut self.output, &mut self.capture, faults, &mut sink),
-            Engine::Encoder(e) => e.run(&mut self.output, &mut self.capture, faults, &mut sink),
+            Engine::Decoder(d) => d.step(&mut self.output, &mut self.capture, faults, &mut sink),
+            Engine::Encoder(e) => e.step(&mut self.output, &mut self.capture, faults, &mut sink),
         }
     }
 }
