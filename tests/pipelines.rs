@@ -44,3 +44,33 @@ fn roundtrip_demo() {
 fn roundtrip_odd_size_semi_planar() {
     run("roundtrip.sh", &["30", "322", "242", "NV12"]);
 }
+
+#[test]
+fn display_example_runs_or_says_why_not() {
+    // Shows a window where a display exists; says SKIPPED otherwise.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = std::env::current_exe().expect("test binary path");
+    let plugin_dir: PathBuf = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .into();
+    let out = Command::new(root.join("pipelines/display.sh"))
+        .env("GST_PLUGIN_PATH", &plugin_dir)
+        .output()
+        .expect("running display.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let has_display =
+        std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
+    let expected = if has_display {
+        "display: OK"
+    } else {
+        "display: SKIPPED (no display)"
+    };
+    assert!(stdout.contains(expected), "{stdout}");
+}
