@@ -5,28 +5,14 @@
 //! `pipelines/decode-fwht.sh` example. The firmware-hang test is in
 //! `vpufwhtdec_hang.rs` (the emulated VPU is process-wide).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use gst::prelude::*;
 use gst_check::Harness;
-use gst_video::prelude::*;
-use gstrsvpu::m2m::{Format, PixelFormat};
-use gstrsvpu::vpu::codec::fwht::{FwhtDecoder, parse_header};
+use gstrsvpu::m2m::Format;
 
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("gst::init");
-        gstrsvpu::plugin_register_static().expect("registering the rsvpu plugin");
-    });
-}
-
-fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/fwht")
-        .join(name)
-}
+mod vpufwhtdec_support;
+use vpufwhtdec_support::*;
 
 /// The vectors and their frame counts.
 const VECTORS: &[(&str, usize)] = &[
@@ -38,96 +24,6 @@ const VECTORS: &[(&str, usize)] = &[
     ("nv12_650x370.fwht", 4),
     ("yuyv_648x362.fwht", 3),
 ];
-
-/// The contract format of a GStreamer raw format (the elements' table is
-/// crate-private; this is the same mapping).
-fn pixel_format(f: gst_video::VideoFormat) -> PixelFormat {
-    use gst_video::VideoFormat as V;
-    match f {
-        V::I420 => PixelFormat::I420,
-        V::Yv12 => PixelFormat::Yv12,
-        V::Nv12 => PixelFormat::Nv12,
-        V::Nv21 => PixelFormat::Nv21,
-        V::Y42b => PixelFormat::Yuv422p,
-        V::Nv16 => PixelFormat::Nv16,
-        V::Yuy2 => PixelFormat::Yuyv,
-        V::Uyvy => PixelFormat::Uyvy,
-        V::Gray8 => PixelFormat::Grey,
-        V::Rgb => PixelFormat::Rgb24,
-        V::Bgr => PixelFormat::Bgr24,
-        V::Bgrx => PixelFormat::Xbgr32,
-        V::Xrgb => PixelFormat::Xrgb32,
-        V::Rgbx => PixelFormat::Rgbx32,
-        V::Xbgr => PixelFormat::Bgrx32,
-        other => panic!("the decoder never outputs {other:?}"),
-    }
-}
-
-/// The stream's frames, cut with the header's size.
-fn frames(stream: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut rest = stream;
-    while !rest.is_empty() {
-        let size = parse_header(rest).expect("a valid frame").frame_size();
-        out.push(rest[..size].to_vec());
-        rest = &rest[size..];
-    }
-    out
-}
-
-/// What the bare codec makes of the stream, in the contract layout.
-fn bare_decode(stream: &[u8], pixfmt: PixelFormat) -> (Format, Vec<Vec<u8>>) {
-    let h = parse_header(stream).unwrap();
-    let raw = Format::raw(pixfmt, h.width, h.height).unwrap();
-    let mut dec = FwhtDecoder::new();
-    let out = frames(stream)
-        .iter()
-        .map(|f| {
-            let mut dst = vec![0; raw.size];
-            dec.decode(f, &raw, &mut dst).unwrap();
-            dst
-        })
-        .collect();
-    (raw, out)
-}
-
-/// Compares the visible area of `buffer` (laid out per its VideoMeta, or the
-/// caps' default) with the bare decoder's frame, plane by plane.
-fn assert_same_picture(
-    buffer: &gst::BufferRef,
-    info: &gst_video::VideoInfo,
-    raw: &Format,
-    bare: &[u8],
-    what: &str,
-) {
-    let frame =
-        gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info).expect("map frame");
-    let finfo = info.format_info();
-    for plane in 0..info.n_planes() {
-        let comp = (0..finfo.n_components())
-            .find(|&c| finfo.plane()[c as usize] == plane)
-            .unwrap();
-        let rows = frame.comp_height(comp) as usize;
-        let row_bytes = frame.comp_width(comp) as usize * frame.comp_pstride(comp) as usize;
-        let stride = frame.plane_stride()[plane as usize] as usize;
-        let data = frame.plane_data(plane).unwrap();
-        let p = &raw.planes[plane as usize];
-        for y in 0..rows {
-            let got = &data[y * stride..y * stride + row_bytes];
-            let want = &bare[p.offset + y * p.stride..p.offset + y * p.stride + row_bytes];
-            assert!(got == want, "{what}: plane {plane} row {y} differs");
-        }
-    }
-}
-
-fn stats(dec: &gst::Element) -> gst::Structure {
-    dec.property::<gst::Structure>("stats")
-}
-
-fn stat(s: &gst::Structure, field: &str) -> u64 {
-    s.get::<u64>(field)
-        .unwrap_or_else(|e| panic!("stats field {field}: {e}"))
-}
 
 /// Runs `pipeline` (with an appsink named `sink`) to EOS, handing every
 /// sample to `each` and dropping it right after: the decoder's frames are
@@ -145,23 +41,8 @@ fn run_to_eos(pipeline: &gst::Pipeline, mut each: impl FnMut(usize, &gst::Sample
         sink.property::<bool>("eos"),
         "the pipeline must reach EOS, not stall"
     );
-    let bus = pipeline.bus().unwrap();
-    if let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
-        panic!("pipeline error: {msg:?}");
-    }
+    assert_no_error(pipeline);
     samples
-}
-
-/// appsink's `try-pull-sample` action signal, 10 s timeout.
-fn try_pull_sample(appsink: &gst::Element) -> Option<gst::Sample> {
-    appsink.emit_by_name::<Option<gst::Sample>>("try-pull-sample", &[&10_000_000_000u64])
-}
-
-fn launch(desc: &str) -> gst::Pipeline {
-    gst::parse::launch(desc)
-        .unwrap_or_else(|e| panic!("{desc}: {e}"))
-        .downcast::<gst::Pipeline>()
-        .unwrap()
 }
 
 #[test]

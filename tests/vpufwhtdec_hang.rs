@@ -2,38 +2,29 @@
 //! watchdog bound, no deadlock, clean shutdown. Alone in its test binary: the
 //! hang is injected into the process-wide emulated VPU.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
 
+mod vpufwhtdec_support;
+use vpufwhtdec_support::*;
+
 #[test]
 fn a_hung_vpu_is_an_element_error_not_a_hang() {
-    gst::init().expect("gst::init");
-    gstrsvpu::plugin_register_static().expect("registering the rsvpu plugin");
+    init();
     let vpu = gstrsvpu::emulated_vpu().unwrap();
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fwht/i420_640x480_gop4.fwht");
-    let pipeline = gst::parse::launch(&format!(
+    let _serial = serial();
+    let path = data("i420_640x480_gop4.fwht");
+    let pipeline = launch(&format!(
         // Slow input: the hang hits a decoder that is streaming.
         "filesrc location={} blocksize=4096 ! identity sleep-time=100000 ! vpufwhtdec ! fakesink",
         path.display()
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    ));
     pipeline.set_state(gst::State::Playing).unwrap();
     std::thread::sleep(Duration::from_millis(250));
     vpu.faults().set_hang(true);
     let start = Instant::now();
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(15),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("an error message, not silence");
+    let msg = eos_or_error(&pipeline, 15).expect("an error message, not silence");
     let took = start.elapsed();
     let gst::MessageView::Error(e) = msg.view() else {
         panic!("expected an error, got {msg:?}");
@@ -53,14 +44,13 @@ fn a_hung_vpu_is_an_element_error_not_a_hang() {
 
 #[test]
 fn a_vpu_hung_before_start_fails_the_state_change_with_an_error() {
-    gst::init().expect("gst::init");
-    gstrsvpu::plugin_register_static().expect("registering the rsvpu plugin");
+    init();
     let vpu = gstrsvpu::emulated_vpu().unwrap();
     let dec = gst::ElementFactory::make("vpufwhtdec").build().unwrap();
     // Both tests of this file share the VPU: run this one on its own
     // session only while the other is not hanging it (they serialise on
     // this lock).
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     vpu.faults().set_hang(true);
     let start = Instant::now();
     let res = dec.set_state(gst::State::Paused);
@@ -69,5 +59,3 @@ fn a_vpu_hung_before_start_fails_the_state_change_with_an_error() {
     assert!(start.elapsed() < Duration::from_secs(8));
     dec.set_state(gst::State::Null).unwrap();
 }
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -4,24 +4,12 @@
 //! other decoder running.
 
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
 
 use gst::prelude::*;
 use gstrsvpu::mem::{Coherency, SyncStats};
 
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("gst::init");
-        gstrsvpu::plugin_register_static().expect("registering the rsvpu plugin");
-    });
-}
+mod vpufwhtdec_support;
+use vpufwhtdec_support::*;
 
 const FRAMES: u64 = 6;
 
@@ -47,7 +35,7 @@ fn run(policy: &str, map: bool) -> Run {
 }
 
 fn vector() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fwht/i420_640x480_gop4.fwht")
+    data("i420_640x480_gop4.fwht")
 }
 
 fn run_file(path: &Path, policy: &str, map: bool) -> Run {
@@ -57,23 +45,15 @@ fn run_file(path: &Path, policy: &str, map: bool) -> Run {
          ! appsink name=sink sync=false",
         path.display()
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = launch(&desc);
     let dec = pipeline.by_name("dec").unwrap();
     let sink = pipeline.by_name("sink").unwrap();
     let before = sync_stats();
     pipeline.set_state(gst::State::Playing).unwrap();
-    let syncs_at_start = dec
-        .property::<gst::Structure>("stats")
-        .get::<u64>("cache-syncs")
-        .unwrap();
+    let syncs_at_start = stat(&stats(&dec), "cache-syncs");
     let mut frames = 0;
     let mut coherency = Vec::new();
-    while let Some(sample) =
-        sink.emit_by_name::<Option<gst::Sample>>("try-pull-sample", &[&10_000_000_000u64])
-    {
+    while let Some(sample) = try_pull_sample(&sink) {
         let buffer = sample.buffer().unwrap();
         let region = gstrsvpu::allocator::region(buffer.peek_memory(0)).expect("VPU memory");
         coherency.push(region.coherency());
@@ -84,14 +64,8 @@ fn run_file(path: &Path, policy: &str, map: bool) -> Run {
         frames += 1;
     }
     assert!(sink.property::<bool>("eos"));
-    let syncs_at_end = dec
-        .property::<gst::Structure>("stats")
-        .get::<u64>("cache-syncs")
-        .unwrap();
-    let violations = dec
-        .property::<gst::Structure>("stats")
-        .get::<u64>("coherency-violations")
-        .unwrap();
+    let syncs_at_end = stat(&stats(&dec), "cache-syncs");
+    let violations = stat(&stats(&dec), "coherency-violations");
     pipeline.set_state(gst::State::Null).unwrap();
     let after = sync_stats();
     assert_eq!(violations, 0, "{desc}");

@@ -2,32 +2,27 @@
 //! pool grows (VIDIOC_CREATE_BUFS) instead of stalling or copying, and the
 //! stats say so.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
 
+mod vpufwhtdec_support;
+use vpufwhtdec_support::*;
+
 #[test]
 fn the_pool_grows_when_downstream_holds_every_frame() {
-    gst::init().expect("gst::init");
-    gstrsvpu::plugin_register_static().expect("registering the rsvpu plugin");
+    init();
     // 4 copies of a 6-frame vicodec clip: 24 frames, all kept by the sink.
-    let clip = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fwht/i420_640x480_gop4.fwht"),
-    )
-    .expect("test vector");
+    let clip = std::fs::read(data("i420_640x480_gop4.fwht")).expect("test vector");
     let dir = std::env::temp_dir().join(format!("vpufwhtdec-pool-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("clip.fwht");
     std::fs::write(&file, clip.repeat(4)).expect("write clip");
 
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = launch(&format!(
         "filesrc location={} ! vpufwhtdec name=dec ! fakesink name=sink sync=false signal-handoffs=true",
         file.display()
-    ))
-    .expect("pipeline")
-    .downcast::<gst::Pipeline>()
-    .expect("a pipeline");
+    ));
     let held: Arc<Mutex<Vec<gst::Buffer>>> = Arc::default();
     let h = held.clone();
     pipeline
@@ -40,14 +35,7 @@ fn the_pool_grows_when_downstream_holds_every_frame() {
             None
         });
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
-    let msg = pipeline
-        .bus()
-        .expect("bus")
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(20),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("EOS or an error");
+    let msg = eos_or_error(&pipeline, 20).expect("EOS or an error");
     if let gst::MessageView::Error(e) = msg.view() {
         panic!("{} ({:?})", e.error(), e.debug());
     }

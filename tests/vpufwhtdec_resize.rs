@@ -7,28 +7,14 @@
 //! Alone in its test binary, the tests serialised: they count the regions of
 //! the process-wide emulated VPU, which other decoders would change.
 
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use gst::prelude::*;
-use gst_video::prelude::*;
 use gstrsvpu::m2m::{Format, PixelFormat};
-use gstrsvpu::vpu::codec::fwht::{EncoderParams, FwhtDecoder, FwhtEncoder, parse_header};
+use gstrsvpu::vpu::codec::fwht::{EncoderParams, FwhtEncoder};
 
-/// One test at a time: region counts are VPU-wide.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn init() {
-    use std::sync::Once;
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        gst::init().expect("gst::init");
-        gstrsvpu::plugin_register_static().expect("registering the rsvpu plugin");
-    });
-}
+mod vpufwhtdec_support;
+use vpufwhtdec_support::*;
 
 /// One part of a test stream: its raw format and coded frames.
 struct Part {
@@ -58,85 +44,17 @@ fn part(pixfmt: PixelFormat, width: u32, height: u32, count: usize) -> Part {
     Part { raw, frames }
 }
 
-/// The bare codec's pictures of `part` decoded to `pixfmt`.
-fn bare(part: &Part, pixfmt: PixelFormat) -> (Format, Vec<Vec<u8>>) {
-    let h = parse_header(&part.frames[0]).unwrap();
-    let raw = Format::raw(pixfmt, h.width, h.height).unwrap();
-    let mut dec = FwhtDecoder::new();
-    let pictures = part
-        .frames
-        .iter()
-        .map(|f| {
-            let mut dst = vec![0; raw.size];
-            dec.decode(f, &raw, &mut dst).unwrap();
-            dst
-        })
-        .collect();
-    (raw, pictures)
-}
-
-fn pixel_format(f: gst_video::VideoFormat) -> PixelFormat {
+/// The output formats these streams may decode to: I420 for the I420 parts,
+/// an RGB one for the RGB parts.
+fn assert_expected_format(f: gst_video::VideoFormat) {
     use gst_video::VideoFormat as V;
-    match f {
-        V::I420 => PixelFormat::I420,
-        V::Rgb => PixelFormat::Rgb24,
-        V::Bgr => PixelFormat::Bgr24,
-        V::Bgrx => PixelFormat::Xbgr32,
-        V::Xrgb => PixelFormat::Xrgb32,
-        V::Rgbx => PixelFormat::Rgbx32,
-        V::Xbgr => PixelFormat::Bgrx32,
-        other => panic!("unexpected output format {other:?}"),
-    }
-}
-
-/// Compares the visible area of `buffer` with the bare decoder's picture.
-fn assert_same_picture(
-    buffer: &gst::BufferRef,
-    info: &gst_video::VideoInfo,
-    raw: &Format,
-    bare: &[u8],
-    what: &str,
-) {
-    let frame = gst_video::VideoFrameRef::from_buffer_ref_readable(buffer, info)
-        .unwrap_or_else(|_| panic!("{what}: the buffer does not map as {info:?}"));
-    let finfo = info.format_info();
-    for plane in 0..info.n_planes() {
-        let comp = (0..finfo.n_components())
-            .find(|&c| finfo.plane()[c as usize] == plane)
-            .unwrap();
-        let rows = frame.comp_height(comp) as usize;
-        let row_bytes = frame.comp_width(comp) as usize * frame.comp_pstride(comp) as usize;
-        let stride = frame.plane_stride()[plane as usize] as usize;
-        let data = frame.plane_data(plane).unwrap();
-        let p = &raw.planes[plane as usize];
-        for y in 0..rows {
-            let got = &data[y * stride..y * stride + row_bytes];
-            let want = &bare[p.offset + y * p.stride..p.offset + y * p.stride + row_bytes];
-            assert!(got == want, "{what}: plane {plane} row {y} differs");
-        }
-    }
-}
-
-/// Launches `desc`; its appsink `sink` advertises GstVideoMeta in the
-/// ALLOCATION query (as any zero-copy consumer does), so frames arrive as
-/// the VPU's own memory whatever its layout.
-fn launch(desc: &str) -> gst::Pipeline {
-    let pipeline = gst::parse::launch(desc)
-        .unwrap_or_else(|e| panic!("{desc}: {e}"))
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let pad = pipeline
-        .by_name("sink")
-        .unwrap()
-        .static_pad("sink")
-        .unwrap();
-    pad.add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, |_, info| {
-        if let Some(gst::QueryViewMut::Allocation(q)) = info.query_mut().map(|q| q.view_mut()) {
-            q.add_allocation_meta::<gst_video::VideoMeta>(None);
-        }
-        gst::PadProbeReturn::Ok
-    });
-    pipeline
+    assert!(
+        matches!(
+            f,
+            V::I420 | V::Rgb | V::Bgr | V::Bgrx | V::Xrgb | V::Rgbx | V::Xbgr
+        ),
+        "unexpected output format {f:?}"
+    );
 }
 
 /// What one output frame looked like (the sample itself is dropped at once:
@@ -154,10 +72,9 @@ fn pull_all(sink: &gst::Element, parts: &[Part]) -> Vec<Seen> {
     let mut bares: Vec<Option<(Format, Vec<Vec<u8>>)>> = parts.iter().map(|_| None).collect();
     let mut seen: Vec<Seen> = Vec::new();
     let (mut part_index, mut in_part) = (0, 0);
-    while let Some(sample) =
-        sink.emit_by_name::<Option<gst::Sample>>("try-pull-sample", &[&10_000_000_000u64])
-    {
+    while let Some(sample) = try_pull_sample(sink) {
         let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+        assert_expected_format(info.format());
         let buffer = sample.buffer().unwrap();
         if in_part == parts[part_index].frames.len() {
             part_index += 1;
@@ -179,8 +96,8 @@ fn pull_all(sink: &gst::Element, parts: &[Part]) -> Vec<Seen> {
             assert_eq!((meta.width(), meta.height()), (info.width(), info.height()));
             assert_eq!(meta.format(), info.format(), "{what}: meta and caps agree");
         }
-        let (raw, pictures) =
-            bares[part_index].get_or_insert_with(|| bare(part, pixel_format(info.format())));
+        let (raw, pictures) = bares[part_index]
+            .get_or_insert_with(|| bare_frames(&part.frames, pixel_format(info.format())));
         assert_same_picture(buffer, &info, raw, &pictures[in_part], &what);
         let region = gstrsvpu::allocator::region(buffer.peek_memory(0))
             .unwrap_or_else(|| panic!("{what}: downstream gets the VPU's own memory"));
@@ -194,16 +111,6 @@ fn pull_all(sink: &gst::Element, parts: &[Part]) -> Vec<Seen> {
     }
     assert!(sink.property::<bool>("eos"), "the pipeline reaches EOS");
     seen
-}
-
-fn assert_no_error(pipeline: &gst::Pipeline) {
-    if let Some(msg) = pipeline
-        .bus()
-        .unwrap()
-        .pop_filtered(&[gst::MessageType::Error])
-    {
-        panic!("pipeline error: {msg:?}");
-    }
 }
 
 /// Sets `pipeline` to NULL and waits (bounded) for the VPU's region count to
@@ -263,7 +170,7 @@ fn a_new_frame_size_in_a_plain_file_renegotiates_and_loses_nothing() {
     let path = std::env::temp_dir().join(format!("vpufwhtdec-resize-{}.fwht", std::process::id()));
     let stream: Vec<u8> = parts.iter().flat_map(|p| p.frames.concat()).collect();
     std::fs::write(&path, &stream).unwrap();
-    let pipeline = launch(&format!(
+    let pipeline = launch_with_video_meta(&format!(
         "filesrc location={} ! vpufwhtdec name=dec ! appsink name=sink sync=false",
         path.display()
     ));
@@ -271,13 +178,10 @@ fn a_new_frame_size_in_a_plain_file_renegotiates_and_loses_nothing() {
     let seen = pull_all(&pipeline.by_name("sink").unwrap(), &parts);
     assert_no_error(&pipeline);
     assert_parts(&seen, &parts);
-    let st = pipeline
-        .by_name("dec")
-        .unwrap()
-        .property::<gst::Structure>("stats");
-    assert_eq!(st.get::<u64>("frames-out").unwrap(), 9, "{st}");
-    assert_eq!(st.get::<u64>("frame-copies").unwrap(), 0, "{st}");
-    assert_eq!(st.get::<u64>("coherency-violations").unwrap(), 0, "{st}");
+    let st = stats(&pipeline.by_name("dec").unwrap());
+    assert_eq!(stat(&st, "frames-out"), 9, "{st}");
+    assert_eq!(stat(&st, "frame-copies"), 0, "{st}");
+    assert_eq!(stat(&st, "coherency-violations"), 0, "{st}");
     stop_and_check_regions(&pipeline, baseline);
     let _ = std::fs::remove_file(&path);
 }
@@ -315,7 +219,7 @@ fn push_framed(appsrc: &gst::Element, parts: &[Part], with_size_caps: bool) {
 
 fn framed_run(parts: &[Part], with_size_caps: bool) {
     let baseline = baseline();
-    let pipeline = launch(
+    let pipeline = launch_with_video_meta(
         "appsrc name=src format=time is-live=false max-buffers=2 block=true \
          ! vpufwhtdec name=dec ! appsink name=sink sync=false",
     );
@@ -365,7 +269,7 @@ fn a_new_pixel_encoding_mid_stream_renegotiates_the_format() {
     let path = std::env::temp_dir().join(format!("vpufwhtdec-recode-{}.fwht", std::process::id()));
     let stream: Vec<u8> = parts.iter().flat_map(|p| p.frames.concat()).collect();
     std::fs::write(&path, &stream).unwrap();
-    let pipeline = launch(&format!(
+    let pipeline = launch_with_video_meta(&format!(
         "filesrc location={} ! vpufwhtdec ! appsink name=sink sync=false",
         path.display()
     ));
