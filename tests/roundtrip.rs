@@ -194,3 +194,46 @@ fn the_finest_quantiser_is_near_lossless() {
         assert!(p >= 52.0, "{format}: worst PSNR {p:.1} dB at QP 1");
     }
 }
+
+#[test]
+fn each_element_reports_one_frame_of_latency_in_live_pipelines() {
+    init();
+    let pipeline = gst::parse::launch(
+        "videotestsrc is-live=true ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
+         ! vpufwhtenc ! vpufwhtdec ! fakesink name=sink",
+    )
+    .expect("pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    let (res, _, _) = pipeline.state(gst::ClockTime::from_seconds(10));
+    res.expect("reaches PLAYING");
+    // Let a few frames through so both elements know their frame rate.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    if let Some(msg) = pipeline
+        .bus()
+        .expect("bus")
+        .pop_filtered(&[gst::MessageType::Error])
+    {
+        panic!("{msg:?}");
+    }
+    // The query the sink sends upstream to learn the pipeline's latency.
+    let sink_pad = pipeline
+        .by_name("sink")
+        .expect("sink")
+        .static_pad("sink")
+        .expect("pad");
+    let mut q = gst::query::Latency::new();
+    assert!(sink_pad.peer_query(&mut q), "latency query answered");
+    let (live, min, _max) = q.result();
+    pipeline.set_state(gst::State::Null).expect("NULL");
+    assert!(live, "a live source");
+    // One 1/30 s frame for the encoder and one for the decoder.
+    let frame = gst::ClockTime::SECOND
+        .mul_div_floor(1, 30)
+        .expect("frame duration");
+    assert!(
+        min >= frame * 2,
+        "pipeline latency {min} covers both elements' frame"
+    );
+}

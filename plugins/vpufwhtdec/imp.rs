@@ -938,12 +938,20 @@ impl VideoDecoderImpl for VpuFwhtDec {
     ) -> Result<(), gst::LoggableError> {
         gst::debug!(CAT, imp = self, "input caps {:?}", input_state.caps());
         match lock(&self.state).as_mut() {
-            Some(s) => {
-                s.input_state = Some(input_state.clone());
-                Ok(())
-            }
-            None => Err(gst::loggable_error!(CAT, "set_format before start")),
+            Some(s) => s.input_state = Some(input_state.clone()),
+            None => return Err(gst::loggable_error!(CAT, "set_format before start")),
         }
+        // Decoded frames leave on the streaming thread when it next runs,
+        // i.e. with the next input frame at the latest (see engine.rs): one
+        // frame of latency, when the input says how long a frame is.
+        let fps = input_state.info().fps();
+        if fps.numer() > 0 {
+            let frame = gst::ClockTime::SECOND
+                .mul_div_floor(fps.denom() as u64, fps.numer() as u64)
+                .unwrap_or(gst::ClockTime::ZERO);
+            self.obj().set_latency(frame, Some(frame));
+        }
+        Ok(())
     }
 
     fn parse(
