@@ -228,12 +228,13 @@ fn each_element_reports_one_frame_of_latency_in_live_pipelines() {
     let (live, min, _max) = q.result();
     pipeline.set_state(gst::State::Null).expect("NULL");
     assert!(live, "a live source");
-    // One 1/30 s frame for the encoder and one for the decoder.
+    // One 1/30 s frame for the live source, one for the encoder and one for
+    // the decoder (measured: 99.99 ms; 66.67 ms if the decoder reports none).
     let frame = gst::ClockTime::SECOND
         .mul_div_floor(1, 30)
         .expect("frame duration");
     assert!(
-        min >= frame * 2,
-        "pipeline latency {min} covers both elements' frame"
+        min >= frame * 3,
+        "pipeline latency {min} covers the source and both elements"
     );
 }
