@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn run(script: &str, args: &[&str]) {
+/// Runs `pipelines/<script>` with the plugin cargo built for this profile
+/// and returns what it printed; panics if it failed or did not print `expect`.
+fn run(script: &str, args: &[&str], expect: &str) -> String {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    // The plugin cargo built for this profile: target/<profile>/libgstrsvpu.so.
+    // target/<profile>/deps/<test> -> target/<profile>/libgstrsvpu.so
     let exe = std::env::current_exe().expect("test binary path");
     let plugin_dir: PathBuf = exe
         .parent()
@@ -23,48 +25,36 @@ fn run(script: &str, args: &[&str]) {
         .env("GST_PLUGIN_PATH", &plugin_dir)
         .output()
         .expect("running the pipeline script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{script} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        stdout.contains("OK"),
-        "{script} did not report OK: {stdout}"
+        stdout.contains(expect),
+        "{script} did not print {expect:?}: {stdout}"
     );
+    stdout
 }
 
 #[test]
 fn roundtrip_demo() {
-    run("roundtrip.sh", &[]);
+    run("roundtrip.sh", &[], "roundtrip: OK, 120 frames");
 }
 
 #[test]
 fn roundtrip_odd_size_semi_planar() {
-    run("roundtrip.sh", &["30", "322", "242", "NV12"]);
+    run(
+        "roundtrip.sh",
+        &["30", "322", "242", "NV12"],
+        "roundtrip: OK, 30 frames",
+    );
 }
 
 #[test]
 fn display_example_runs_or_says_why_not() {
     // Shows a window where a display exists; says SKIPPED otherwise.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = std::env::current_exe().expect("test binary path");
-    let plugin_dir: PathBuf = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .into();
-    let out = Command::new(root.join("pipelines/display.sh"))
-        .env("GST_PLUGIN_PATH", &plugin_dir)
-        .output()
-        .expect("running display.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let has_display =
         std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
     let expected = if has_display {
@@ -72,5 +62,5 @@ fn display_example_runs_or_says_why_not() {
     } else {
         "display: SKIPPED (no display)"
     };
-    assert!(stdout.contains(expected), "{stdout}");
+    run("display.sh", &[], expected);
 }
