@@ -11,6 +11,7 @@
 pub mod m2m;
 pub mod mem;
 pub mod sys;
+pub mod v4l2;
 pub mod vpu;
 
 #[path = "../plugins/common/mod.rs"]

@@ -117,6 +117,76 @@ impl Format {
         })
     }
 
+    /// The layout of a raw frame as a driver reports it in one buffer: the
+    /// luma `bytesperline`, the stored (coded) luma height and `sizeimage`.
+    /// The chroma planes follow the luma plane as in [`Format::raw`] (planar
+    /// chroma at half the luma stride, semi-planar at the luma stride).
+    ///
+    /// `None` for coded formats, or when the numbers cannot hold a
+    /// `width` x `height` frame (stride narrower than a row, fewer stored
+    /// rows than visible ones, planes past `sizeimage`).
+    pub fn raw_with_layout(
+        pixelformat: PixelFormat,
+        width: u32,
+        height: u32,
+        stride: usize,
+        coded_height: u32,
+        sizeimage: usize,
+    ) -> Option<Format> {
+        let info = RawLayoutInfo::of(pixelformat)?;
+        if width == 0 || height == 0 || width > MAX_DIM || coded_height > MAX_DIM {
+            return None;
+        }
+        if stride < width as usize * info.bytesperline_mult || coded_height < height {
+            return None;
+        }
+        let rows = coded_height as usize;
+        let luma_size = stride.checked_mul(rows)?;
+        let chroma_rows = rows / info.height_div as usize;
+        let mut planes = vec![PlaneLayout {
+            offset: 0,
+            stride,
+            rows,
+        }];
+        match info.planes {
+            2 => planes.push(PlaneLayout {
+                offset: luma_size,
+                stride,
+                rows: chroma_rows,
+            }),
+            3 => {
+                let cstride = stride / 2;
+                planes.push(PlaneLayout {
+                    offset: luma_size,
+                    stride: cstride,
+                    rows: chroma_rows,
+                });
+                planes.push(PlaneLayout {
+                    offset: luma_size + cstride * chroma_rows,
+                    stride: cstride,
+                    rows: chroma_rows,
+                });
+            }
+            _ => {}
+        }
+        let end = planes
+            .iter()
+            .map(|p| p.offset + p.stride * p.rows)
+            .max()
+            .unwrap_or(0);
+        if end > sizeimage {
+            return None;
+        }
+        Some(Format {
+            pixelformat,
+            width,
+            height,
+            planes,
+            size: sizeimage,
+            colorimetry: Colorimetry::default(),
+        })
+    }
+
     /// The format of a bitstream queue for frames of `width` x `height`: no
     /// planes, and `size` = what vicodec's TRY_FMT gives a FWHT queue, i.e.
     /// `round_up(w, 8) * round_up(h, 8) * 4 + 44` bytes, far above the largest
@@ -164,6 +234,32 @@ mod tests {
         assert_eq!(f.planes[1].offset, 656 * 368);
         assert_eq!((f.planes[1].stride, f.planes[1].rows), (656, 184));
         assert_eq!(f.size, 656 * 368 * 3 / 2);
+    }
+
+    #[test]
+    fn a_driver_layout_equal_to_vicodec_s_is_the_same_format() {
+        for (p, w, h) in [
+            (PixelFormat::I420, 1920, 1080),
+            (PixelFormat::Nv12, 645, 361),
+            (PixelFormat::Rgb24, 640, 480),
+        ] {
+            let f = Format::raw(p, w, h).unwrap();
+            let d = Format::raw_with_layout(
+                p,
+                w,
+                h,
+                f.planes[0].stride,
+                f.planes[0].rows as u32,
+                f.size,
+            );
+            assert_eq!(d.as_ref(), Some(&f), "{p}");
+        }
+        // A wider stride moves the chroma planes; a short buffer is refused.
+        let d = Format::raw_with_layout(PixelFormat::I420, 640, 480, 704, 480, 704 * 480 * 3 / 2)
+            .unwrap();
+        assert_eq!((d.planes[1].offset, d.planes[1].stride), (704 * 480, 352));
+        assert!(Format::raw_with_layout(PixelFormat::I420, 640, 480, 640, 480, 1000).is_none());
+        assert!(Format::raw_with_layout(PixelFormat::I420, 640, 480, 600, 480, 1 << 20).is_none());
     }
 
     #[test]

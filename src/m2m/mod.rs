@@ -1,8 +1,8 @@
 //! The driver contract: a V4L2 stateful memory-to-memory codec session.
 //!
 //! This is what the GStreamer elements program against, and what every VPU
-//! backend implements (the in-crate VPU in `vpu::driver`; the kernel backend
-//! later). It keeps V4L2's concepts and vocabulary (see the kernel's
+//! backend implements (the in-crate VPU in `vpu::driver`; kernel V4L2 nodes
+//! in `v4l2`). It keeps V4L2's concepts and vocabulary (see the kernel's
 //! `dev-decoder.rst` and `dev-encoder.rst`) and nothing of any backend:
 //!
 //! * two queues: **OUTPUT** carries what goes into the codec (bitstream for a
@@ -220,6 +220,9 @@ pub enum M2mError {
     Closed,
     #[error("VPU setup: {0}")]
     Io(#[from] std::io::Error),
+    /// A kernel V4L2 node refused a request: which node, which ioctl, the errno.
+    #[error("{0}")]
+    Kernel(String),
 }
 
 /// A failed [`Session::queue`]: the buffer comes back with the reason.

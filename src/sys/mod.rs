@@ -1,5 +1,7 @@
 //! The only raw-syscall code in the crate: memfd, mmap, eventfd,
-//! `DMA_BUF_IOCTL_SYNC`, udmabuf and dma-heap. Safe RAII types out.
+//! `DMA_BUF_IOCTL_SYNC`, udmabuf and dma-heap, and the union reads and
+//! `poll(2)` of the kernel V4L2 backend (its ioctls are v4l2r's). Safe RAII
+//! types out.
 //!
 //! # Contract
 //!
@@ -47,6 +49,7 @@ mod dmabuf;
 mod eventfd;
 mod mapping;
 mod memfd;
+mod v4l2;
 
 pub use backend::{BACKEND_ENV, DmaBackend, UnknownBackend};
 pub use dmabuf::{
@@ -55,3 +58,4 @@ pub use dmabuf::{
 pub use eventfd::EventFd;
 pub use mapping::{Mapping, OutOfRange, SharedMapping};
 pub use memfd::{fd_size, memfd_sealed, page_align, page_size};
+pub use v4l2::{NodeReady, PixFormat, PlanePixFormat, poll_node};
