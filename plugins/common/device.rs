@@ -121,7 +121,8 @@ pub(crate) fn open(
     codec: PixelFormat,
 ) -> Result<Opened, M2mError> {
     match choice {
-        // No kernel backend yet: auto means the emulated VPU.
+        // Device discovery (a kernel node offering the codec) is not in this
+        // build: auto means the emulated VPU.
         DeviceChoice::Auto | DeviceChoice::Emulated => {
             let vpu = emulated()?;
             let session = vpu.open(role, codec)?;
@@ -138,10 +139,18 @@ pub(crate) fn open(
                 },
             })
         }
-        DeviceChoice::Path(path) => Err(M2mError::Firmware(format!(
-            "{}: kernel V4L2 nodes are not supported by this build yet; use device=emu",
-            path.display()
-        ))),
+        DeviceChoice::Path(path) => {
+            let device = crate::v4l2::KernelDevice::probe(path)?;
+            let session = device.open(role, codec)?;
+            Ok(Opened {
+                session,
+                info: device.info(),
+                checker: Some(Arc::clone(device.checker())),
+                // Every buffer the kernel backend allocates is a driver
+                // buffer exported with VIDIOC_EXPBUF: a dma-buf.
+                memory: MemoryKind::DmaBuf,
+            })
+        }
     }
 }
 
@@ -181,14 +190,16 @@ mod tests {
     }
 
     #[test]
-    fn a_kernel_path_is_a_clear_error_until_the_kernel_backend_exists() {
-        let Err(e) = open(
-            &DeviceChoice::Path("/dev/video9".into()),
-            Role::Decoder,
-            PixelFormat::Fwht,
-        ) else {
-            panic!("a kernel path cannot open yet");
-        };
-        assert!(e.to_string().contains("/dev/video9"), "{e}");
+    fn a_missing_or_wrong_kernel_node_is_a_clear_error_naming_it() {
+        for path in ["/dev/video-none-here", "/dev/null"] {
+            let Err(e) = open(
+                &DeviceChoice::Path(path.into()),
+                Role::Decoder,
+                PixelFormat::Fwht,
+            ) else {
+                panic!("{path} is no codec node");
+            };
+            assert!(e.to_string().contains(path), "{e}");
+        }
     }
 }

@@ -597,8 +597,8 @@ impl ObjectImpl for VpuFwhtEnc {
                     .blurb(
                         "Which VPU encodes: \"auto\" (a kernel codec node offering FWHT, \
                          else the emulated VPU), \"emu\" (the in-process emulated VPU) \
-                         or a V4L2 M2M node path such as /dev/video0 (this build has \
-                         no kernel backend yet: auto means emu and a path fails to open)",
+                         or a V4L2 M2M node path such as /dev/video0 (the kernel backend; \
+                         without device discovery in this build, auto means emu)",
                     )
                     .default_value(Some(DEFAULT_DEVICE))
                     .mutable_ready()

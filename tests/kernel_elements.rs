@@ -1,0 +1,246 @@
+//! `vpufwhtenc` / `vpufwhtdec` on the kernel backend (vicodec in the VM):
+//! the same elements, `device=/dev/video0|1`, against the emulated VPU.
+//!
+//! ```sh
+//! cargo test --test kernel_elements --no-run
+//! VMBED_RW=$PWD/target ../shared/vm/run-in-vm.sh target/debug/deps/kernel_elements-<hash>
+//! ```
+//!
+//! Where the nodes are missing (the host) each test prints a loud
+//! `*** SKIPPED ***` line and returns.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use gst::prelude::*;
+
+const ENC: &str = "/dev/video0";
+const DEC: &str = "/dev/video1";
+const RAW: &str = "video/x-raw,format=I420,width=640,height=480,framerate=30/1";
+
+fn init() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        gst::init().expect("GStreamer initialises");
+        gstrsvpu::plugin_register_static().expect("registering the rsvpu plugin");
+    });
+}
+
+/// True if the vicodec nodes exist; else prints the loud skip line.
+fn nodes(test: &str) -> bool {
+    for p in [ENC, DEC] {
+        if !Path::new(p).exists() {
+            eprintln!(
+                "*** SKIPPED {test}: {p} does not exist (run the kernel_* tests in the VM, \
+                 see README \"Kernel backend\") ***"
+            );
+            return false;
+        }
+    }
+    init();
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Frame {
+    data: Vec<u8>,
+    pts: Option<gst::ClockTime>,
+    delta: bool,
+}
+
+struct Out {
+    frames: Vec<Frame>,
+    caps: Option<gst::Caps>,
+    /// The `stats` of the element named `vpu`, if any.
+    stats: Option<gst::Structure>,
+}
+
+/// Runs `desc` (ending in `fakesink name=sink`) to EOS within `seconds`,
+/// copying out what the sink gets (so no buffer is held).
+fn run(desc: &str, seconds: u64) -> Out {
+    let pipeline = gst::parse::launch(desc)
+        .unwrap_or_else(|e| panic!("{desc}: {e}"))
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    let sink = pipeline.by_name("sink").unwrap();
+    sink.set_property("sync", false);
+    sink.set_property("signal-handoffs", true);
+    let got: Arc<Mutex<(Vec<Frame>, Option<gst::Caps>)>> = Arc::default();
+    let got2 = Arc::clone(&got);
+    sink.connect("handoff", false, move |args| {
+        let buffer = args[1].get::<gst::Buffer>().unwrap();
+        let pad = args[2].get::<gst::Pad>().unwrap();
+        let map = buffer.map_readable().unwrap();
+        let mut g = got2.lock().unwrap();
+        g.1 = pad.current_caps();
+        g.0.push(Frame {
+            data: map.as_slice().to_vec(),
+            pts: buffer.pts(),
+            delta: buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+        });
+        None
+    });
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(seconds),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .unwrap_or_else(|| {
+            let _ = pipeline.set_state(gst::State::Null);
+            panic!("{desc}: no EOS within {seconds} s (stalled)")
+        });
+    if let gst::MessageView::Error(e) = msg.view() {
+        let _ = pipeline.set_state(gst::State::Null);
+        panic!("{desc}: {} ({:?})", e.error(), e.debug());
+    }
+    let stats = pipeline
+        .by_name("vpu")
+        .map(|e| e.property::<gst::Structure>("stats"));
+    pipeline.set_state(gst::State::Null).unwrap();
+    let (frames, caps) = std::mem::take(&mut *got.lock().unwrap());
+    Out {
+        frames,
+        caps,
+        stats,
+    }
+}
+
+fn stat(s: &gst::Structure, name: &str) -> u64 {
+    s.get::<u64>(name)
+        .unwrap_or_else(|e| panic!("{name}: {e} in {s}"))
+}
+
+fn encode(device: &str, n: u32) -> Out {
+    run(
+        &format!(
+            "videotestsrc num-buffers={n} pattern=ball ! {RAW} \
+             ! vpufwhtenc name=vpu device={device} gop-size=10 ! fakesink name=sink"
+        ),
+        120,
+    )
+}
+
+fn decode(device: &str, file: &Path) -> Out {
+    run(
+        &format!(
+            "filesrc location={} ! vpufwhtdec name=vpu device={device} \
+             ! video/x-raw,format=I420 ! fakesink name=sink",
+            file.display()
+        ),
+        120,
+    )
+}
+
+fn write_stream(name: &str, frames: &[Frame]) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("{name}-{}.fwht", std::process::id()));
+    let stream: Vec<u8> = frames.iter().flat_map(|f| f.data.iter().copied()).collect();
+    std::fs::write(&path, stream).unwrap();
+    path
+}
+
+#[test]
+fn round_trip_of_60_frames_is_bit_identical_to_the_emulated_vpu() {
+    let test = "round_trip_of_60_frames_is_bit_identical_to_the_emulated_vpu";
+    if !nodes(test) {
+        return;
+    }
+    let kernel = encode(ENC, 60);
+    let emu = encode("emu", 60);
+    assert_eq!(
+        kernel.frames.len(),
+        60,
+        "the kernel encoder codes every frame"
+    );
+    assert_eq!(emu.frames.len(), 60);
+    for (i, (k, e)) in kernel.frames.iter().zip(&emu.frames).enumerate() {
+        assert_eq!(
+            k.data, e.data,
+            "coded frame {i}: vicodec and the emulated VPU agree"
+        );
+        assert_eq!(
+            (k.pts, k.delta),
+            (e.pts, e.delta),
+            "frame {i}: timestamp and key flag"
+        );
+    }
+    assert!(!kernel.frames[0].delta && !kernel.frames[10].delta && kernel.frames[1].delta);
+    let caps = kernel.caps.unwrap();
+    assert_eq!(caps.structure(0).unwrap().name(), "video/x-fwht", "{caps}");
+    let stats = kernel.stats.unwrap();
+    assert_eq!(stat(&stats, "frames-out"), 60, "{stats}");
+
+    let file = write_stream("kernel-elements", &kernel.frames);
+    let dk = decode(DEC, &file);
+    let de = decode("emu", &file);
+    std::fs::remove_file(&file).ok();
+    assert_eq!(
+        dk.frames.len(),
+        60,
+        "the kernel decoder gives every frame, EOS included"
+    );
+    assert_eq!(de.frames.len(), 60);
+    for (i, (k, e)) in dk.frames.iter().zip(&de.frames).enumerate() {
+        assert_eq!(k.data.len(), 640 * 480 * 3 / 2, "frame {i}");
+        assert!(
+            k.data == e.data,
+            "decoded frame {i}: vicodec and the emulated VPU agree"
+        );
+    }
+    let stats = dk.stats.unwrap();
+    eprintln!("kernel decoder stats: {stats}");
+    assert_eq!(stat(&stats, "frames-out"), 60, "{stats}");
+    assert_eq!(stat(&stats, "frame-copies"), 0, "{stats}");
+
+    // The whole chain on the kernel nodes, in one pipeline.
+    let chain = run(
+        &format!(
+            "videotestsrc num-buffers=60 pattern=ball ! {RAW} \
+             ! vpufwhtenc device={ENC} gop-size=10 ! vpufwhtdec name=vpu device={DEC} \
+             ! video/x-raw,format=I420 ! fakesink name=sink"
+        ),
+        180,
+    );
+    assert_eq!(chain.frames.len(), 60, "60 in, 60 out through both nodes");
+    for (i, (c, k)) in chain.frames.iter().zip(&dk.frames).enumerate() {
+        assert!(
+            c.data == k.data,
+            "chained frame {i} equals the file-decoded one"
+        );
+    }
+}
+
+#[test]
+fn srgb_and_rgb_streams_do_not_stall_the_decoder() {
+    let test = "srgb_and_rgb_streams_do_not_stall_the_decoder";
+    if !nodes(test) {
+        return;
+    }
+    for caps in [
+        "video/x-raw,format=I420,width=640,height=480,framerate=30/1,colorimetry=sRGB",
+        "video/x-raw,format=RGB,width=640,height=480,framerate=30/1",
+    ] {
+        let out = run(
+            &format!(
+                "videotestsrc num-buffers=10 ! {caps} ! vpufwhtenc device={ENC} \
+                 ! vpufwhtdec name=vpu device={DEC} ! fakesink name=sink"
+            ),
+            60,
+        );
+        assert_eq!(out.frames.len(), 10, "{caps}: every frame out");
+        eprintln!("{caps} -> {}", out.caps.unwrap());
+    }
+    // What GStreamer's own v4l2fwhtenc writes (sRGB for RGB input), where
+    // the guest's GStreamer has registered it for vicodec.
+    if gst::ElementFactory::find("v4l2fwhtenc").is_some() {
+        let out = run(
+            "videotestsrc num-buffers=10 ! video/x-raw,format=RGB,width=640,height=480 \
+             ! v4l2fwhtenc ! vpufwhtdec name=vpu device=/dev/video1 ! fakesink name=sink",
+            60,
+        );
+        assert_eq!(out.frames.len(), 10, "a v4l2fwhtenc stream decodes fully");
+    } else {
+        eprintln!("{test}: no v4l2fwhtenc element here; its stream was not tried");
+    }
+}
