@@ -33,6 +33,21 @@ pub(super) fn fourcc_name(code: u32) -> String {
         .collect()
 }
 
+/// The contract's format for a driver FourCC, including the deprecated
+/// 32-bit RGB codes some drivers still pick first (vicodec decodes a 4-byte
+/// RGB stream to `BGR4` unless told otherwise): `BGR4` is laid out as
+/// `XR24` (B, G, R, X) and `RGB4` as `BX24` (X, R, G, B).
+pub(super) fn known_format(code: u32) -> Option<PixelFormat> {
+    use crate::m2m::format::fourcc;
+    PixelFormat::from_fourcc(code).or(if code == fourcc(b"BGR4") {
+        Some(PixelFormat::Xbgr32)
+    } else if code == fourcc(b"RGB4") {
+        Some(PixelFormat::Xrgb32)
+    } else {
+        None
+    })
+}
+
 /// The `PixFormat` to ask the driver for `format`.
 pub(super) fn to_pix(format: &Format) -> PixFormat {
     let bytesperline = format.planes.first().map_or(0, |p| p.stride) as u32;
@@ -61,7 +76,7 @@ pub(super) fn from_pix(
     visible: Option<(u32, u32)>,
 ) -> Result<Format, M2mError> {
     let invalid = |reason: String| M2mError::InvalidFormat { queue, reason };
-    let Some(pixelformat) = PixelFormat::from_fourcc(pix.pixelformat) else {
+    let Some(pixelformat) = known_format(pix.pixelformat) else {
         return Err(invalid(format!(
             "the driver uses {}, a format this plugin does not know",
             fourcc_name(pix.pixelformat)
@@ -144,7 +159,18 @@ fn family(p: PixelFormat) -> Option<Family> {
 /// format they know on CAPTURE until it streams, including ones that would
 /// make them raise the source change again, so the list is filtered here.
 pub(super) fn compatible_formats(chosen: PixelFormat, offered: &[PixelFormat]) -> Vec<PixelFormat> {
-    let subsampling = |p: PixelFormat| RawLayoutInfo::of(p).map(|i| (i.width_div, i.height_div));
+    // Chroma subsampling, and for RGB the bytes per pixel (3 and 4 bytes
+    // are streams of 3 and 4 components, which a decoder does not mix).
+    let subsampling = |p: PixelFormat| {
+        RawLayoutInfo::of(p).map(|i| {
+            let bpp = if family(p) == Some(Family::Rgb) {
+                i.bytesperline_mult
+            } else {
+                0
+            };
+            (i.width_div, i.height_div, bpp)
+        })
+    };
     let mut out = vec![chosen];
     for &p in offered {
         if p != chosen
@@ -202,5 +228,11 @@ mod tests {
             vec![P::I420, P::Yv12, P::Nv12]
         );
         assert_eq!(compatible_formats(P::Bgr24, &all), vec![P::Bgr24, P::Rgb24]);
+        let rgb = [P::Rgb24, P::Xrgb32, P::Xbgr32, P::Bgr24, P::Bgrx32];
+        assert_eq!(
+            compatible_formats(P::Xbgr32, &rgb),
+            vec![P::Xbgr32, P::Xrgb32, P::Bgrx32]
+        );
+        assert_eq!(known_format(u32::from_le_bytes(*b"BGR4")), Some(P::Xbgr32));
     }
 }

@@ -19,7 +19,7 @@ use v4l2r::nix::errno::Errno;
 
 use super::controls::{self, ControlInfo};
 use super::device::{KernelDevice, WATCHDOG, enumerate_formats, open_node};
-use super::format::{compatible_formats, fourcc_name, from_pix, queue_type, to_pix};
+use super::format::{compatible_formats, fourcc_name, from_pix, known_format, queue_type, to_pix};
 use crate::m2m::{
     Buffer, BufferFlags, Control, Event, Format, M2mError, Memory, PixelFormat, QueueError,
     QueueKind, Role, Session, SourceChange,
@@ -359,10 +359,13 @@ impl KernelSession {
     }
 
     fn offered(&self, queue: QueueKind) -> Vec<PixelFormat> {
-        enumerate_formats(&self.fd, self.qtype(queue))
-            .into_iter()
-            .filter_map(|f| PixelFormat::from_fourcc(f.fourcc))
-            .collect()
+        let mut out: Vec<PixelFormat> = Vec::new();
+        for f in enumerate_formats(&self.fd, self.qtype(queue)) {
+            if let Some(p) = known_format(f.fourcc).filter(|p| !out.contains(p)) {
+                out.push(p);
+            }
+        }
+        out
     }
 
     /// Checks `width` x `height` against `VIDIOC_ENUM_FRAMESIZES`.
