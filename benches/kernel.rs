@@ -248,8 +248,8 @@ fn main() {
         if full { "full run" } else { "smoke run" }
     );
     println!(
-        "| {:<36} | {:>6} | {:>6} | {:>8} | {:>12} | {:>14} | {}",
-        "element", "in", "out", "frames/s", "raw copies/f", "coded copies/f", "note"
+        "| {:<36} | {:>6} | {:>6} | {:>8} | {:>12} | {:>14} | note",
+        "element", "in", "out", "frames/s", "raw copies/f", "coded copies/f"
     );
     println!(
         "|{:-<38}|{:->8}|{:->8}|{:->10}|{:->14}|{:->16}|------",
