@@ -10,7 +10,9 @@
 //! - element encode: `appsrc ! vpufwhtenc ! fakesink`, the appsrc holding
 //!   the captured buffers (system memory: the encoder copies each frame
 //!   once into VPU memory, counted in its `stats`);
-//! - bare decode: the bare encoder's stream, frame by frame;
+//! - bare decode: the bare encoder's stream, frame by frame, into
+//!   GStreamer's default layout (no padding rows), the one the decoder
+//!   element writes for fakesink, which takes no GstVideoMeta;
 //! - element decode: the same coded frames, one per buffer, from
 //!   `appsrc caps=video/x-fwht ! vpufwhtdec ! fakesink`.
 //!
@@ -32,11 +34,15 @@
 //! `stats` is that same VPU-wide running total, not a per-element count
 //! (nothing else uses the VPU while a pipeline is timed).
 //!
-//! Per frame, also: wall time of each side, the process's CPU time (all
-//! threads, from `/proc/self/task/*/schedstat`, last run) during the element
-//! run, and the element's `vpu-time-per-frame-us` (queue to done). CPU time
+//! Per frame, also: wall time of each side, CPU time of each side (the bare
+//! codec's thread; all threads of the process during the element run, from
+//! `/proc/*/schedstat`) and their ratio, which a loaded machine disturbs far
+//! less than wall time, the element's `vpu-time-per-frame-us` (queue to
+//! done) and the start-up (PLAYING to the first frame at the sink). CPU time
 //! near the bare codec's and wall time well above it means the overhead is
-//! waiting (thread hand-offs), not work.
+//! waiting (thread hand-offs), not work. `ELEMENTS_BENCH_THREADS=1` prints
+//! each thread's CPU time, run-queue wait and context switches at every
+//! EOS (cumulative: the VPU's threads live across runs).
 //!
 //! Profiling the elements' side (thread names: `src:src` = appsrc's
 //! streaming thread running handle_frame, `vpu-fw` = the emulated VPU's
@@ -48,7 +54,9 @@
 //! only: it misses the mmap/munmap and context-switch costs).
 //!
 //! Run: `cargo bench --bench elements`. Environment: ELEMENTS_BENCH_FRAMES=n
-//! frames per run (default 120 at 640x480, 30 at 1920x1080),
+//! frames per run (default 600 at 640x480, 120 at 1920x1080: enough that
+//! the start-up, inside every run's time and printed apart, weighs a few
+//! percent at most),
 //! ELEMENTS_BENCH_RUNS=n (default 5; the median is printed),
 //! ELEMENTS_BENCH_SIZE=640x480 (one size only), ELEMENTS_BENCH_ROWS=enc,vts,dec
 //! (which rows; e.g. `dec` alone under a profiler). Under
@@ -60,7 +68,7 @@ use std::time::Instant;
 
 use gst::prelude::*;
 use gst_video::prelude::*;
-use gstrsvpu::m2m::{Format, PixelFormat};
+use gstrsvpu::m2m::{Format, PixelFormat, PlaneLayout};
 use gstrsvpu::vpu::codec::fwht::{EncoderParams, FwhtDecoder, FwhtEncoder};
 
 fn benching() -> bool {
@@ -140,9 +148,29 @@ fn to_layout(buf: &gst::Buffer, info: &gst_video::VideoInfo, raw: &Format) -> Ve
     dst
 }
 
+/// `raw` (I420) in GStreamer's default layout, `info`'s: the visible rows
+/// only, planes back to back.
+fn default_layout(raw: &Format, info: &gst_video::VideoInfo) -> Format {
+    let rows = [raw.height, raw.height.div_ceil(2), raw.height.div_ceil(2)];
+    Format {
+        planes: (0..3)
+            .map(|p| PlaneLayout {
+                offset: info.offset()[p],
+                stride: info.stride()[p] as usize,
+                rows: rows[p] as usize,
+            })
+            .collect(),
+        size: info.size(),
+        ..raw.clone()
+    }
+}
+
 struct ElementRun {
     /// Seconds from PLAYING to EOS.
     secs: f64,
+    /// Seconds from PLAYING to the first buffer at the sink (start-up:
+    /// session, negotiation, buffer allocation, the first frame).
+    start: f64,
     frames_out: u64,
     copies: u64,
     syncs: u64,
@@ -181,6 +209,36 @@ fn cpu_secs() -> f64 {
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
     ns as f64 / 1e9
+}
+
+fn print_threads() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return;
+    };
+    for t in dir.flatten() {
+        let name = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let sched = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .unwrap_or("?")
+                .to_owned()
+        };
+        let mut s = sched.split_whitespace();
+        let run: f64 = s.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let wait: f64 = s.next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        println!(
+            "    thread {:<16} cpu {:>8.1} ms  runnable-wait {:>8.1} ms  vol {:>6} invol {:>6}",
+            name.trim(),
+            run / 1e6,
+            wait / 1e6,
+            field("voluntary_ctxt_switches"),
+            field("nonvoluntary_ctxt_switches")
+        );
+    }
 }
 
 fn wait_eos(pipeline: &gst::Pipeline) {
@@ -226,6 +284,15 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
             b
         })
         .collect();
+    // When the first buffer reaches the sink: the start-up part of the run.
+    let first = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
+    if let Some(pad) = pipeline.by_name("sink").and_then(|s| s.static_pad("sink")) {
+        let first = first.clone();
+        pad.add_probe(gst::PadProbeType::BUFFER, move |_, _| {
+            *first.lock().expect("probe lock") = Some(Instant::now());
+            gst::PadProbeReturn::Remove
+        });
+    }
     let cpu0 = cpu_secs();
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
@@ -239,6 +306,13 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
     }
     wait_eos(&pipeline);
     let elapsed = t.elapsed();
+    let start = first
+        .lock()
+        .expect("probe lock")
+        .map_or(0.0, |f| (f - t).as_secs_f64());
+    if std::env::var_os("ELEMENTS_BENCH_THREADS").is_some() {
+        print_threads();
+    }
     let cpu = cpu_secs() - cpu0;
     let run = match &codec {
         Some(c) => {
@@ -250,6 +324,7 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
             );
             ElementRun {
                 secs: elapsed.as_secs_f64(),
+                start,
                 frames_out: stats_u64(&s, "frames-out"),
                 copies: stats_u64(&s, "frame-copies"),
                 syncs: vpu_syncs() - syncs_before,
@@ -259,6 +334,7 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
         }
         None => ElementRun {
             secs: elapsed.as_secs_f64(),
+            start,
             frames_out: 0,
             copies: 0,
             syncs: 0,
@@ -271,7 +347,7 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
 }
 
 /// Median frames/s of `runs` runs of `launch` over `n` frames, with the
-/// stats of the last run.
+/// stats of the last run except `cpu` and `start`, the medians of the runs.
 fn element_fps(
     launch: &str,
     feed: Option<&[gst::Buffer]>,
@@ -279,6 +355,8 @@ fn element_fps(
     runs: usize,
 ) -> (f64, ElementRun) {
     let mut last = None;
+    let mut cpu = Vec::with_capacity(runs);
+    let mut start = Vec::with_capacity(runs);
     let fps = median(
         (0..runs)
             .map(|_| {
@@ -287,29 +365,49 @@ fn element_fps(
                 if launch.contains("name=codec") {
                     assert_eq!(r.frames_out, n as u64, "every frame out: {launch}");
                 }
+                cpu.push(r.cpu);
+                start.push(r.start);
                 last = Some(r);
                 f
             })
             .collect(),
     );
-    (fps, last.expect("at least one run"))
+    let mut last = last.expect("at least one run");
+    last.cpu = median(cpu);
+    last.start = median(start);
+    (fps, last)
 }
 
-fn bare_fps(n: usize, runs: usize, mut f: impl FnMut()) -> f64 {
-    median(
-        (0..runs)
-            .map(|_| {
-                let t = Instant::now();
-                f();
-                n as f64 / t.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
+/// CPU time this thread has consumed so far, seconds
+/// (`/proc/thread-self/schedstat`).
+fn thread_cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0.0, |ns| ns as f64 / 1e9)
+}
+
+/// The bare codec's median frames/s over `runs` runs of `f` (`n` frames
+/// each), and its median CPU time per frame in microseconds (it runs on
+/// this thread only).
+fn bare_fps(n: usize, runs: usize, mut f: impl FnMut()) -> (f64, f64) {
+    let (fps, cpu): (Vec<f64>, Vec<f64>) = (0..runs)
+        .map(|_| {
+            let cpu0 = thread_cpu_secs();
+            let t = Instant::now();
+            f();
+            let secs = t.elapsed().as_secs_f64();
+            (n as f64 / secs, (thread_cpu_secs() - cpu0) * 1e6 / n as f64)
+        })
+        .unzip();
+    (median(fps), median(cpu))
 }
 
 struct Row {
     label: String,
     bare: f64,
+    /// The bare codec's CPU time per frame, microseconds.
+    bare_cpu: f64,
     element: f64,
     run: ElementRun,
     note: String,
@@ -318,7 +416,7 @@ struct Row {
 fn print_row(r: &Row) {
     let n = r.run.frames_out.max(1) as f64;
     println!(
-        "{:<27} {:>9.1} {:>9.1} {:>6.3} {:>8.2} {:>8.2} {:>8.0} {:>8.0} {:>8.0} {:>7.0}  {}",
+        "{:<27} {:>9.1} {:>9.1} {:>6.3} {:>8.2} {:>8.2} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.3} {:>7.0} {:>6.1}  {}",
         r.label,
         r.bare,
         r.element,
@@ -327,8 +425,11 @@ fn print_row(r: &Row) {
         r.run.syncs as f64 / n,
         1e6 / r.bare,
         1e6 / r.element,
+        r.bare_cpu,
         r.run.cpu * 1e6 / n,
+        r.bare_cpu / (r.run.cpu * 1e6 / n),
         r.run.vpu_us,
+        r.run.start * 1e3,
         r.note
     );
 }
@@ -340,7 +441,7 @@ fn measure(w: u32, h: u32, n: usize, runs: usize) {
 
     // Bare encode (and the stream both decoders get).
     let mut coded: Vec<Vec<u8>> = Vec::new();
-    let bare_enc = bare_fps(n, runs, || {
+    let (bare_enc, bare_enc_cpu) = bare_fps(n, runs, || {
         let mut enc = FwhtEncoder::new(&raw, EncoderParams::default()).expect("encoder");
         let mut dst = vec![0u8; FwhtEncoder::max_frame_size(&raw)];
         coded.clear();
@@ -349,16 +450,19 @@ fn measure(w: u32, h: u32, n: usize, runs: usize) {
             coded.push(dst[..e.bytes].to_vec());
         }
     });
-    let bare_dec = bare_fps(n, runs, || {
+    // The decoder element writes GStreamer's default layout for fakesink
+    // (which takes no GstVideoMeta); the bare decoder writes the same one.
+    let out = default_layout(&raw, &info);
+    let (bare_dec, bare_dec_cpu) = bare_fps(n, runs, || {
         let mut dec = FwhtDecoder::new();
-        let mut dst = vec![0u8; raw.size];
+        let mut dst = vec![0u8; out.size];
         for c in &coded {
-            dec.decode(c, &raw, &mut dst).expect("decode");
+            dec.decode(c, &out, &mut dst).expect("decode");
         }
     });
 
     let enc_launch = format!(
-        "appsrc name=src format=time max-bytes=0 caps={} ! vpufwhtenc name=codec ! fakesink sync=false",
+        "appsrc name=src format=time max-bytes=0 caps={} ! vpufwhtenc name=codec ! fakesink name=sink sync=false",
         raw_caps(w, h)
     );
     let rows = std::env::var("ELEMENTS_BENCH_ROWS").unwrap_or_else(|_| "enc,vts,dec".into());
@@ -369,6 +473,7 @@ fn measure(w: u32, h: u32, n: usize, runs: usize) {
         print_row(&Row {
             label: format!("{size} enc appsrc"),
             bare: bare_enc,
+            bare_cpu: bare_enc_cpu,
             element: enc_fps,
             run: enc_run,
             note: String::new(),
@@ -377,12 +482,12 @@ fn measure(w: u32, h: u32, n: usize, runs: usize) {
 
     if want("vts") {
         let vts_launch = format!(
-            "videotestsrc pattern=ball num-buffers={n} ! {} ! vpufwhtenc name=codec ! fakesink sync=false",
+            "videotestsrc pattern=ball num-buffers={n} ! {} ! vpufwhtenc name=codec ! fakesink name=sink sync=false",
             raw_caps(w, h)
         );
         let (vts_fps, vts_run) = element_fps(&vts_launch, None, n, runs);
         let src_launch = format!(
-            "videotestsrc pattern=ball num-buffers={n} ! {} ! fakesink sync=false",
+            "videotestsrc pattern=ball num-buffers={n} ! {} ! fakesink name=sink sync=false",
             raw_caps(w, h)
         );
         let (src_fps, _) = element_fps(&src_launch, None, n, runs);
@@ -390,6 +495,7 @@ fn measure(w: u32, h: u32, n: usize, runs: usize) {
         print_row(&Row {
             label: format!("{size} enc videotestsrc"),
             bare: bare_enc,
+            bare_cpu: bare_enc_cpu,
             element: vts_fps,
             run: vts_run,
             note: format!("(videotestsrc ! fakesink alone: {src_fps:.1} f/s)"),
@@ -402,12 +508,13 @@ fn measure(w: u32, h: u32, n: usize, runs: usize) {
             .collect();
         let dec_launch = format!(
             "appsrc name=src format=time max-bytes=0 caps=video/x-fwht,width={w},height={h},framerate=30/1 \
-             ! vpufwhtdec name=codec ! fakesink sync=false"
+             ! vpufwhtdec name=codec ! fakesink name=sink sync=false"
         );
         let (dec_fps, dec_run) = element_fps(&dec_launch, Some(&coded_bufs), n, runs);
         print_row(&Row {
             label: format!("{size} dec appsrc"),
             bare: bare_dec,
+            bare_cpu: bare_dec_cpu,
             element: dec_fps,
             run: dec_run,
             note: String::new(),
@@ -427,7 +534,7 @@ fn main() {
     let frames = env_num("ELEMENTS_BENCH_FRAMES");
     let only = std::env::var("ELEMENTS_BENCH_SIZE").ok();
     let sizes: Vec<(u32, u32, usize)> = if bench {
-        [(640, 480, 120), (1920, 1080, 30)]
+        [(640, 480, 600), (1920, 1080, 120)]
             .into_iter()
             .filter(|(w, h, _)| only.as_deref().is_none_or(|s| s == format!("{w}x{h}")))
             .collect()
@@ -439,7 +546,7 @@ fn main() {
     );
     println!("load average before: {}", loadavg());
     println!(
-        "{:<27} {:>9} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}",
+        "{:<27} {:>9} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}",
         "size / pipeline",
         "bare",
         "element",
@@ -448,13 +555,20 @@ fn main() {
         "syncs/f",
         "bare us",
         "elem us",
+        "bare cpu",
         "elem cpu",
-        "vpu us"
+        "cpu r",
+        "vpu us",
+        "start"
     );
     println!(
         "  (bare/element: frames/s; ratio element/bare; bare us, elem us: wall time per frame;\n   \
-         elem cpu: CPU time of the process per frame, all threads; vpu us: the element's\n   \
-         vpu-time-per-frame-us, queue to done; per-frame columns from the last run)"
+         bare cpu: CPU time of the bare codec per frame (its one thread); elem cpu: CPU time\n   \
+         of the process per frame, all threads; cpu r: bare cpu / elem cpu, the ratio in CPU\n   \
+         time, steadier than wall time on a loaded machine; vpu us: the element's\n   \
+         vpu-time-per-frame-us, queue to done; start: ms from PLAYING to the first\n   \
+         frame at the sink (session, negotiation, allocation: inside the run's time);\n   \
+         copies/f, syncs/f, vpu us: last run; the rest: medians)"
     );
     for (w, h, n) in sizes {
         measure(w, h, frames.unwrap_or(n), runs);

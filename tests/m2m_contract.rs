@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use gstrsvpu::m2m::blocking::{BlockingDecoder, BlockingEncoder};
 use gstrsvpu::m2m::{
-    Buffer, BufferFlags, Control, Device, Event, Format, M2mError, Memory, PixelFormat, QueueKind,
-    Role, Session,
+    Buffer, BufferFlags, Control, Device, Event, Format, M2mError, Memory, PixelFormat,
+    PlaneLayout, QueueKind, Role, Session,
 };
 use gstrsvpu::mem::{Checker, CheckerConfig, Coherency};
 use gstrsvpu::sys::DmaBackend;
@@ -798,4 +798,156 @@ fn capture_grows_while_streaming_when_the_client_holds_every_buffer() {
         .add_buffers(QueueKind::Capture, 1, Memory::Import)
         .unwrap_err();
     assert!(err.to_string().contains("memory"), "{err}");
+}
+
+/// GStreamer's default I420 layout for `w` x `h`: strides rounded up to 4,
+/// the visible rows only (no vicodec padding), planes back to back.
+fn gst_default_i420(w: u32, h: u32) -> Format {
+    let (w, h) = (w as usize, h as usize);
+    let (ys, cs) = (w.div_ceil(4) * 4, w.div_ceil(2).div_ceil(4) * 4);
+    let (yr, cr) = (h, h.div_ceil(2));
+    let mut f = Format::raw(PixelFormat::I420, w as u32, h as u32).unwrap();
+    f.planes = vec![
+        PlaneLayout {
+            offset: 0,
+            stride: ys,
+            rows: yr,
+        },
+        PlaneLayout {
+            offset: ys * yr,
+            stride: cs,
+            rows: cr,
+        },
+        PlaneLayout {
+            offset: ys * yr + cs * cr,
+            stride: cs,
+            rows: cr,
+        },
+    ];
+    f.size = ys * yr + 2 * cs * cr;
+    f
+}
+
+#[test]
+fn the_decoder_writes_the_capture_layout_the_client_sets() {
+    let vpu = vpu();
+    let (w, h) = (322, 242);
+    let raw = Format::raw(PixelFormat::I420, w, h).unwrap();
+    let coded = encode(&vpu, &raw, &frames(&raw, 6), &[Control::GopSize(3)]);
+    let reference = bare_decode(&coded, &raw);
+
+    let s = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
+    s.set_format(QueueKind::Output, &Format::coded(PixelFormat::Fwht, w, h))
+        .unwrap();
+    let outs = s
+        .allocate_buffers(QueueKind::Output, 6, Memory::Allocate(Coherency::Coherent))
+        .unwrap();
+    s.stream_on(QueueKind::Output).unwrap();
+    for (mut b, c) in outs.into_iter().zip(&coded) {
+        b.region.cpu_write()[..c.data.len()].copy_from_slice(&c.data);
+        b.bytesused = c.data.len();
+        b.timestamp = c.timestamp;
+        s.queue(b).unwrap();
+    }
+    let sc = loop {
+        match s.wait_event(Duration::from_secs(5)).unwrap() {
+            Some(Event::SourceChange(sc)) => break sc,
+            Some(Event::BufferDone(_)) => {}
+            None => panic!("no source change"),
+        }
+    };
+    let vicodec = s.set_format(QueueKind::Capture, &sc.format).unwrap();
+    assert_eq!(
+        (vicodec.planes, vicodec.size),
+        (raw.planes.clone(), raw.size),
+        "set_format gives the VPU's own layout"
+    );
+
+    // Layouts the decoder cannot fill are refused, with the reason.
+    let mut short = gst_default_i420(w, h);
+    short.planes[1].rows -= 1;
+    let err = s.set_layout(QueueKind::Capture, &short).unwrap_err();
+    assert!(
+        matches!(err, M2mError::InvalidFormat { .. }) && err.to_string().contains("rows"),
+        "{err}"
+    );
+    let mut two = gst_default_i420(w, h);
+    two.planes.pop();
+    let err = s.set_layout(QueueKind::Capture, &two).unwrap_err();
+    assert!(err.to_string().contains("planes"), "{err}");
+    let mut overflow = gst_default_i420(w, h);
+    overflow.size -= 1;
+    let err = s.set_layout(QueueKind::Capture, &overflow).unwrap_err();
+    assert!(err.to_string().contains("beyond"), "{err}");
+
+    let layout = gst_default_i420(w, h);
+    let effective = s
+        .set_layout(QueueKind::Capture, &layout)
+        .unwrap()
+        .expect("the emulated VPU takes a client layout");
+    assert_eq!(
+        (effective.planes.clone(), effective.size),
+        (layout.planes.clone(), layout.size)
+    );
+    assert_eq!(s.format(QueueKind::Capture).unwrap(), effective);
+    let caps = s
+        .allocate_buffers(
+            QueueKind::Capture,
+            3,
+            Memory::Allocate(Coherency::Cacheable),
+        )
+        .unwrap();
+    assert!(caps.iter().all(|b| b.region.size() >= layout.size));
+    s.stream_on(QueueKind::Capture).unwrap();
+    for c in caps {
+        s.queue(c).unwrap();
+    }
+    let mut got = 0;
+    while got < coded.len() {
+        let Some(Event::BufferDone(b)) = s.wait_event(Duration::from_secs(5)).unwrap() else {
+            continue;
+        };
+        if b.queue == QueueKind::Output {
+            continue;
+        }
+        assert!(b.error.is_none(), "frame {got}: {:?}", b.error);
+        assert_eq!(b.bytesused, layout.size);
+        b.region.sync_for_cpu().unwrap();
+        {
+            let data = b.region.cpu_read();
+            // Every visible sample equals vicodec's layout's.
+            for (p, q) in layout.planes.iter().zip(&raw.planes) {
+                let cols = if p.offset == 0 { w } else { w.div_ceil(2) } as usize;
+                for y in 0..p.rows {
+                    assert_eq!(
+                        &data[p.offset + y * p.stride..][..cols],
+                        &reference[got][q.offset + y * q.stride..][..cols],
+                        "frame {got}, row {y} of the plane at {}",
+                        p.offset
+                    );
+                }
+            }
+        }
+        got += 1;
+        let mut again = Buffer::new(QueueKind::Capture, b.index, b.region);
+        again.flags = BufferFlags::NONE;
+        s.queue(again).unwrap();
+    }
+
+    // A new format brings the VPU's own layout back.
+    s.stream_off(QueueKind::Capture).unwrap();
+    let again = s.set_format(QueueKind::Capture, &sc.format).unwrap();
+    assert_eq!((again.planes, again.size), (raw.planes.clone(), raw.size));
+
+    // The encoder reads its own layout only (it codes the padding rows).
+    let e = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
+    e.set_format(QueueKind::Output, &raw).unwrap();
+    let err = e.set_layout(QueueKind::Output, &layout).unwrap_err();
+    assert!(err.to_string().contains("own layout"), "{err}");
+    assert_eq!(
+        vpu.checker().violation_count(),
+        0,
+        "{:?}",
+        vpu.checker().violations()
+    );
 }

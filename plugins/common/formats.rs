@@ -53,7 +53,7 @@ use gst_video::{
     VideoTransferFunction,
 };
 
-use crate::m2m::{Colorimetry, Format, PixelFormat};
+use crate::m2m::{Colorimetry, Format, PixelFormat, PlaneLayout};
 
 /// Largest width and height the raw caps built here allow.
 pub(crate) const MAX_CAPS_DIM: i32 = 8192;
@@ -278,6 +278,47 @@ pub(crate) fn video_info(format: &Format) -> Result<gst_video::VideoInfo, Format
             height: format.height,
             reason: e.to_string(),
         })
+}
+
+/// `format` (pixel format, visible size, colorimetry) in GStreamer's default
+/// layout for it (`gst_video_info_set_format`: no padding rows, strides
+/// rounded as GStreamer rounds them): what a consumer without GstVideoMeta
+/// reads. Each plane holds the rows of its components at the visible height.
+pub(crate) fn default_layout(format: &Format) -> Result<Format, FormatError> {
+    let pf = format.pixelformat;
+    let video_format = video_format(pf).ok_or(FormatError::NotRaw(pf))?;
+    let info = gst_video::VideoInfo::builder(video_format, format.width, format.height)
+        .build()
+        .map_err(|e| FormatError::VideoInfo {
+            format: pf,
+            width: format.width,
+            height: format.height,
+            reason: e.to_string(),
+        })?;
+    let finfo = info.format_info();
+    let planes = (0..finfo.n_planes() as usize)
+        .map(|p| {
+            // The first component stored in this plane decides its rows.
+            let rows = finfo
+                .plane()
+                .iter()
+                .take(finfo.n_components() as usize)
+                .position(|&cp| cp as usize == p)
+                .map_or(format.height, |c| {
+                    finfo.scale_height(c as u8, format.height)
+                });
+            PlaneLayout {
+                offset: info.offset()[p],
+                stride: info.stride()[p].unsigned_abs() as usize,
+                rows: rows as usize,
+            }
+        })
+        .collect();
+    Ok(Format {
+        planes,
+        size: info.size(),
+        ..format.clone()
+    })
 }
 
 /// How a GStreamer frame description differs from the contract's layout.

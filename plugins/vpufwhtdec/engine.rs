@@ -399,6 +399,14 @@ impl Engine {
         self.session.set_format(QueueKind::Capture, format)
     }
 
+    /// Asks the VPU to write frames in `layout` (after
+    /// [`Engine::set_capture_format`], before [`Engine::start_capture`]);
+    /// `Ok(None)` when it keeps its own layout (a kernel node).
+    pub(super) fn set_capture_layout(&self, layout: &Format) -> Result<Option<Format>, M2mError> {
+        let _capture = lock(&self.capture);
+        self.session.set_layout(QueueKind::Capture, layout)
+    }
+
     /// Allocates `count` CAPTURE buffers of `coherency`, streams the queue on
     /// and queues them all. Returns the new generation.
     pub(super) fn start_capture(&self, count: u32, coherency: Coherency) -> Result<u64, M2mError> {

@@ -346,6 +346,14 @@ impl VpuFwhtDec {
         self.negotiate_output(&out_info, input_state.as_ref(), dmabuf)?;
         let mut downstream = *lock(&self.downstream);
         let mut dmabuf = dmabuf;
+        let (mut layout, mut info, mut is_default_layout) = (layout, info, is_default_layout);
+        if !downstream.video_meta
+            && !is_default_layout
+            && let Some((l, i)) = self.default_capture_layout(engine, &format)
+        {
+            // The caps are the same: only the memory layout changed.
+            (layout, info, is_default_layout) = (l, i, true);
+        }
         if dmabuf && !downstream.video_meta && !is_default_layout {
             // A dma-buf cannot be copied into and stay a dma-buf: without
             // GstVideoMeta downstream could not read our layout, so fall
@@ -397,6 +405,55 @@ impl VpuFwhtDec {
             }));
         }
         Ok(())
+    }
+
+    /// For a downstream without GstVideoMeta: asks the VPU to write the
+    /// frames of `format` in GStreamer's default layout (no padding rows),
+    /// so they go downstream as they are instead of being copied. The
+    /// emulated VPU can; a kernel node keeps its own layout (`None`, and the
+    /// frames are copied), as does a VPU refusing the layout (logged).
+    fn default_capture_layout(
+        &self,
+        engine: &Engine,
+        format: &Format,
+    ) -> Option<(MetaLayout, gst_video::VideoInfo)> {
+        let wanted = match formats::default_layout(format) {
+            Ok(f) => f,
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "no default layout for {format:?}: {e}");
+                return None;
+            }
+        };
+        let effective = match engine.set_capture_layout(&wanted) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                gst::debug!(CAT, imp = self, "the VPU keeps its own CAPTURE layout");
+                return None;
+            }
+            Err(e) => {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "the VPU refused GStreamer's default layout: {e}"
+                );
+                return None;
+            }
+        };
+        match MetaLayout::of(&effective).and_then(|l| Ok((l, formats::video_info(&effective)?))) {
+            Ok(v) => {
+                gst::info!(
+                    CAT,
+                    imp = self,
+                    "downstream takes no GstVideoMeta: the VPU writes GStreamer's default layout \
+                     (no copy)"
+                );
+                Some(v)
+            }
+            Err(e) => {
+                gst::warning!(CAT, imp = self, "the VPU's layout {effective:?}: {e}");
+                None
+            }
+        }
     }
 
     /// Sets the output state for `info` (with the `memory:DMABuf` caps

@@ -248,6 +248,24 @@ pub trait Session: Send + Sync {
     fn enum_formats(&self, queue: QueueKind) -> Vec<PixelFormat>;
     /// Sets the queue's format (`VIDIOC_S_FMT`) and returns the one in effect.
     fn set_format(&self, queue: QueueKind, format: &Format) -> Result<Format, M2mError>;
+    /// Lays the buffers of a raw `queue` out as `layout` says (its planes'
+    /// offsets, strides and rows and its buffer size, for the pixel format
+    /// and size [`Session::set_format`] set) instead of the device's own
+    /// layout, e.g. GStreamer's default one for a consumer that cannot read
+    /// another. Call it after `set_format` (which restores the device's
+    /// layout) and before allocating buffers.
+    ///
+    /// `Ok(None)`: the device lays buffers out itself. That is the default
+    /// and what a kernel node answers (V4L2 lets a client ask for a
+    /// `bytesperline` at most, not for plane offsets or rows), so the client
+    /// keeps the layout `set_format` returned and adapts to it (copies).
+    /// `Ok(Some(format))`: the format now in effect, `layout`'s planes and
+    /// size. An error: the device could, but not this layout (it lacks rows
+    /// or columns the device writes, or planes, or it overflows its size).
+    fn set_layout(&self, queue: QueueKind, layout: &Format) -> Result<Option<Format>, M2mError> {
+        let _ = (queue, layout);
+        Ok(None)
+    }
     /// The queue's current format (`VIDIOC_G_FMT`).
     fn format(&self, queue: QueueKind) -> Result<Format, M2mError>;
     /// Sets a codec control (`VIDIOC_S_EXT_CTRLS`); also allowed while streaming.

@@ -18,7 +18,10 @@ use crate::m2m::{BufferFlags, Colorimetry, QueueKind, Role};
 /// `"VPU1"` in the header's first word.
 pub const ABI_MAGIC: u32 = u32::from_le_bytes(*b"VPU1");
 /// Bumped on any incompatible change of this file.
-pub const ABI_VERSION: u32 = 1;
+///
+/// - 1: the first version.
+/// - 2: [`Command::SetLayout`] (the host chooses a raw queue's plane layout).
+pub const ABI_VERSION: u32 = 2;
 /// Bytes per ring slot.
 pub const SLOT_SIZE: usize = 128;
 /// Bytes of free text a message can carry (error details).
@@ -118,6 +121,7 @@ mod op {
     pub const STOP: u32 = 0x09;
     pub const START: u32 = 0x0a;
     pub const SET_CONTROL: u32 = 0x0b;
+    pub const SET_LAYOUT: u32 = 0x0c;
 
     pub const ACK: u32 = 0x81;
     pub const BUFFER_DONE: u32 = 0x82;
@@ -170,6 +174,17 @@ impl Status {
     }
 }
 
+/// Most planes a raw frame has (Y, U, V).
+pub const MAX_PLANES: usize = 3;
+
+/// One plane of a [`Command::SetLayout`], in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WirePlane {
+    pub offset: u32,
+    pub stride: u32,
+    pub rows: u32,
+}
+
 /// Host -> VPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -211,6 +226,14 @@ pub enum Command {
     SetControl {
         id: u32,
         value: u32,
+    },
+    /// Lays out the buffers of a raw queue (whose format is set) as given
+    /// instead of the VPU's own layout: 1 to [`MAX_PLANES`] planes (as many
+    /// as the format has) and the buffer size. Since version 2.
+    SetLayout {
+        queue: QueueKind,
+        size: u32,
+        planes: Vec<WirePlane>,
     },
 }
 
@@ -357,6 +380,18 @@ impl Command {
             Command::Stop => msg(op::STOP, &[]),
             Command::Start => msg(op::START, &[]),
             Command::SetControl { id, value } => msg(op::SET_CONTROL, &[id, value]),
+            Command::SetLayout {
+                queue,
+                size,
+                ref planes,
+            } => {
+                let n = planes.len().min(MAX_PLANES);
+                let mut args = vec![queue_to_u32(queue), n as u32, size];
+                for p in &planes[..n] {
+                    args.extend([p.offset, p.stride, p.rows]);
+                }
+                msg(op::SET_LAYOUT, &args)
+            }
         }
     }
 
@@ -414,6 +449,27 @@ impl Command {
                 id: a[0],
                 value: a[1],
             },
+            op::SET_LAYOUT => {
+                let n = a[1] as usize;
+                if !(1..=MAX_PLANES).contains(&n) {
+                    return Err(ProtocolError::BadField {
+                        field: "planes",
+                        value: a[1],
+                    });
+                }
+                Command::SetLayout {
+                    queue: queue_from_u32(a[0])?,
+                    size: a[2],
+                    planes: a[3..3 + 3 * n]
+                        .chunks_exact(3)
+                        .map(|p| WirePlane {
+                            offset: p[0],
+                            stride: p[1],
+                            rows: p[2],
+                        })
+                        .collect(),
+                }
+            }
             other => return Err(ProtocolError::UnknownOpcode(other)),
         })
     }
@@ -562,6 +618,36 @@ mod tests {
                 id: ctrl::GOP_SIZE,
                 value: 10,
             },
+            Command::SetLayout {
+                queue: QueueKind::Capture,
+                size: 3_110_400,
+                planes: vec![
+                    WirePlane {
+                        offset: 0,
+                        stride: 1920,
+                        rows: 1080,
+                    },
+                    WirePlane {
+                        offset: 2_073_600,
+                        stride: 960,
+                        rows: 540,
+                    },
+                    WirePlane {
+                        offset: 2_592_000,
+                        stride: 960,
+                        rows: 540,
+                    },
+                ],
+            },
+            Command::SetLayout {
+                queue: QueueKind::Output,
+                size: 7,
+                planes: vec![WirePlane {
+                    offset: 1,
+                    stride: 2,
+                    rows: 3,
+                }],
+            },
         ];
         for c in cmds {
             let m = c.encode(4, 77);
@@ -632,6 +718,22 @@ mod tests {
             Command::decode(&m),
             Err(ProtocolError::UnknownOpcode(0x7777))
         );
+        for planes in [0, 4, u32::MAX] {
+            let mut m = Command::SetLayout {
+                queue: QueueKind::Capture,
+                size: 64,
+                planes: vec![WirePlane::default()],
+            }
+            .encode(1, 1);
+            m.args[1] = planes;
+            assert_eq!(
+                Command::decode(&m),
+                Err(ProtocolError::BadField {
+                    field: "planes",
+                    value: planes
+                })
+            );
+        }
         let mut r = Response::Ack {
             status: Status::Ok,
             text: String::new(),

@@ -193,6 +193,48 @@ fn default_layout_matches_when_no_padding_is_needed() {
 }
 
 #[test]
+fn default_layout_is_gstreamers_and_the_decoder_can_write_it() {
+    init();
+    let f = default_layout(&Format::raw(PixelFormat::I420, 1920, 1080).unwrap()).unwrap();
+    assert_eq!(
+        f.planes,
+        [
+            PlaneLayout {
+                offset: 0,
+                stride: 1920,
+                rows: 1080
+            },
+            PlaneLayout {
+                offset: 1920 * 1080,
+                stride: 960,
+                rows: 540
+            },
+            PlaneLayout {
+                offset: 1920 * 1080 * 5 / 4,
+                stride: 960,
+                rows: 540
+            },
+        ]
+    );
+    assert_eq!(f.size, 1920 * 1080 * 3 / 2);
+    for &(p, v) in TABLE {
+        // Odd sizes: rows and strides rounded as GStreamer rounds them.
+        let raw = Format::raw(p, 645, 361).unwrap();
+        let f = default_layout(&raw).unwrap_or_else(|e| panic!("{p}: {e}"));
+        let plain = gst_video::VideoInfo::builder(v, 645, 361).build().unwrap();
+        assert_eq!(layout_matches(&plain, &f), Ok(()), "{p}");
+        assert_eq!(f.size, plain.size(), "{p}");
+        assert_eq!(
+            (f.pixelformat, f.width, f.height, f.colorimetry),
+            (raw.pixelformat, raw.width, raw.height, raw.colorimetry)
+        );
+        // Every plane inside the buffer, and a layout the FWHT decoder fills.
+        MetaLayout::of(&f).unwrap_or_else(|e| panic!("{p}: {e}"));
+        crate::vpu::codec::fwht::check_output_layout(&f).unwrap_or_else(|e| panic!("{p}: {e}"));
+    }
+}
+
+#[test]
 fn layout_mismatches_say_what_differs() {
     init();
     let format = Format::raw(PixelFormat::Nv12, 640, 480).unwrap();

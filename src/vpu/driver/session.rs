@@ -494,6 +494,71 @@ impl Session for EmuSession {
         Ok(effective)
     }
 
+    /// The emulated VPU writes decoded frames in any layout that holds their
+    /// visible samples (`Command::SetLayout`); its encoder reads its own.
+    fn set_layout(&self, queue: QueueKind, layout: &Format) -> Result<Option<Format>, M2mError> {
+        let mut st = lock(&self.state);
+        let invalid = |reason: String| M2mError::InvalidFormat { queue, reason };
+        let hq = st.queue(queue);
+        if hq.streaming || hq.busy() {
+            return Err(M2mError::InvalidState {
+                queue,
+                reason: "cannot change the layout while streaming".into(),
+            });
+        }
+        let Some(current) = hq.format.clone() else {
+            return Err(M2mError::InvalidState {
+                queue,
+                reason: "set a format before its layout".into(),
+            });
+        };
+        if (layout.pixelformat, layout.width, layout.height)
+            != (current.pixelformat, current.width, current.height)
+        {
+            return Err(invalid(format!(
+                "the layout is for {} {}x{}, the queue's format is {} {}x{}",
+                layout.pixelformat,
+                layout.width,
+                layout.height,
+                current.pixelformat,
+                current.width,
+                current.height
+            )));
+        }
+        let wire = |v: usize, what: &str| {
+            u32::try_from(v)
+                .map_err(|_| invalid(format!("{what} {v} does not fit the VPU's 32 bits")))
+        };
+        if layout.planes.len() > protocol::MAX_PLANES {
+            return Err(invalid(format!(
+                "{} planes, the VPU takes at most {}",
+                layout.planes.len(),
+                protocol::MAX_PLANES
+            )));
+        }
+        let planes = layout
+            .planes
+            .iter()
+            .map(|p| {
+                Ok(protocol::WirePlane {
+                    offset: wire(p.offset, "plane offset")?,
+                    stride: wire(p.stride, "stride")?,
+                    rows: wire(p.rows, "rows")?,
+                })
+            })
+            .collect::<Result<Vec<_>, M2mError>>()?;
+        let cmd = Command::SetLayout {
+            queue,
+            size: wire(layout.size, "buffer size")?,
+            planes,
+        };
+        self.command(cmd, Self::refused(queue))?;
+        let mut effective = layout.clone();
+        effective.colorimetry = current.colorimetry;
+        st.queue(queue).format = Some(effective.clone());
+        Ok(Some(effective))
+    }
+
     fn format(&self, queue: QueueKind) -> Result<Format, M2mError> {
         lock(&self.state)
             .queue(queue)

@@ -152,6 +152,24 @@ impl Decoder {
         Ok(())
     }
 
+    /// The host's own CAPTURE layout for the current format (`format` holds
+    /// it), instead of vicodec's: the codec writes every visible sample into
+    /// it and leaves out the padding the layout lacks. A source change or a
+    /// new format sets vicodec's layout again.
+    pub(crate) fn set_layout(
+        &mut self,
+        capture: &mut FwQueue,
+        queue: QueueKind,
+        format: Format,
+    ) -> Result<(), String> {
+        if queue != QueueKind::Capture {
+            return Err("the decoder's OUTPUT queue carries a bitstream, not planes".into());
+        }
+        fwht::check_output_layout(&format).map_err(|e| e.to_string())?;
+        capture.format = Some(format);
+        Ok(())
+    }
+
     pub(crate) fn stream_on(&mut self, queue: QueueKind) {
         if queue != QueueKind::Capture {
             return;

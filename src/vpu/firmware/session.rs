@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::decoder::Decoder;
 use super::encoder::Encoder;
 use super::{Faults, Outbox};
-use crate::m2m::{BufferFlags, Format, PixelFormat, QueueKind, Role};
+use crate::m2m::{BufferFlags, Format, PixelFormat, PlaneLayout, QueueKind, Role};
 use crate::mem::Region;
 use crate::vpu::iommu::Iommu;
 use crate::vpu::protocol::{Command, Response, Status, ctrl};
@@ -308,6 +308,62 @@ impl FwSession {
                         return Err(bad(format!("control {id} does not apply to a decoder")));
                     }
                 }
+                Ok(Some(()))
+            }
+            Command::SetLayout {
+                queue,
+                size,
+                planes,
+            } => {
+                let q = self.queue_mut(queue);
+                if q.streaming {
+                    return Err((Status::BadState, format!("{queue} is streaming")));
+                }
+                let Some(mut format) = q.format.clone() else {
+                    return Err((Status::BadState, format!("{queue} has no format")));
+                };
+                if format.pixelformat.is_coded() {
+                    return Err(bad(format!(
+                        "{queue} carries {}, a coded format: it has no plane layout",
+                        format.pixelformat
+                    )));
+                }
+                if planes.len() != format.planes.len() {
+                    return Err(bad(format!(
+                        "{} has {} planes, the layout gives {}",
+                        format.pixelformat,
+                        format.planes.len(),
+                        planes.len()
+                    )));
+                }
+                for (i, p) in planes.iter().enumerate() {
+                    let end = u64::from(p.offset) + u64::from(p.stride) * u64::from(p.rows);
+                    if end > u64::from(size) {
+                        return Err(bad(format!(
+                            "plane {i} ends at byte {end}, beyond the {size}-byte buffer"
+                        )));
+                    }
+                }
+                format.size = size as usize;
+                format.planes = planes
+                    .iter()
+                    .map(|p| PlaneLayout {
+                        offset: p.offset as usize,
+                        stride: p.stride as usize,
+                        rows: p.rows as usize,
+                    })
+                    .collect();
+                match &mut self.engine {
+                    Engine::Decoder(d) => d.set_layout(&mut self.capture, queue, format),
+                    Engine::Encoder(_) => {
+                        return Err((
+                            Status::Unsupported,
+                            "the encoder reads frames in its own layout only (it codes the padding)"
+                                .into(),
+                        ));
+                    }
+                }
+                .map_err(bad)?;
                 Ok(Some(()))
             }
             Command::Open { .. } | Command::Close => unreachable_command(),

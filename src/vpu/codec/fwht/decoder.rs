@@ -9,13 +9,13 @@
 //! rows of our output match the kernel's byte for byte.
 
 use super::header::{FwhtHeader, HEADER_SIZE, flags, parse_header};
-use super::pixfmt::{PixInfo, PlaneGeom, Slot, plane_geoms};
+use super::pixfmt::{PixInfo, PlaneGeom, Slot, output_plane_geoms};
 use super::rle::{BlockError, DUPS_MASK, HalfwordReader, PFRAME_BIT};
 use super::transform::{
     Block, add_clamp_row, clamp_row, dequantize, dequantize_dc, inverse, inverse_dc,
 };
 use super::{FwhtError, PixelEncoding};
-use crate::m2m::Format;
+use crate::m2m::{Format, PixelFormat};
 
 /// Result of decoding one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,9 +25,11 @@ pub struct Decoded {
 }
 
 /// Decoded planes, each `width * height` bytes at the component's coded size.
+/// They depend on the pixel format and the visible size only, not on the
+/// layout the frames are written out in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Planes {
-    format: Format,
+    format: (PixelFormat, u32, u32),
     planes: Vec<Vec<u8>>,
 }
 
@@ -59,7 +61,7 @@ impl FwhtDecoder {
         dst: &mut [u8],
     ) -> Result<Decoded, FwhtError> {
         let h = parse_header(frame)?;
-        let (info, geoms) = plane_geoms(raw)?;
+        let (info, geoms) = output_plane_geoms(raw)?;
         check_match(&h, info, raw)?;
         if dst.len() < raw.size {
             return Err(FwhtError::BufferTooSmall {
@@ -86,16 +88,17 @@ impl FwhtDecoder {
                     size: h.payload_size,
                     found: frame.len().saturating_sub(HEADER_SIZE),
                 })?;
+        let key = (raw.pixelformat, raw.width, raw.height);
         let reference = match &self.reference {
-            Some(r) if r.format == *raw => Some(r),
+            Some(r) if r.format == key => Some(r),
             Some(_) | None if !h.is_keyframe() => return Err(FwhtError::NoReference),
             _ => None,
         };
 
         let mut cur = match self.spare.take() {
-            Some(p) if p.format == *raw => p,
+            Some(p) if p.format == key => p,
             _ => Planes {
-                format: raw.clone(),
+                format: key,
                 planes: geoms
                     .iter()
                     .map(|g| vec![0u8; g.width * g.height])
@@ -279,15 +282,18 @@ fn decode_plane(
     Ok(())
 }
 
-/// Copies a decoded component into the caller's buffer layout.
+/// Copies a decoded component into the caller's buffer layout: every row
+/// and column the layout holds (all of them, padding included, in vicodec's).
 fn write_out(g: &PlaneGeom, plane: &[u8], dst: &mut [u8]) {
-    for (y, row) in plane.chunks_exact(g.width).enumerate().take(g.height) {
+    let cols = g.layout_cols;
+    for (y, row) in plane.chunks_exact(g.width).enumerate().take(g.layout_rows) {
         let start = g.offset + y * g.stride;
+        let row = &row[..cols];
         if g.step == 1 {
-            if let Some(d) = dst.get_mut(start..start + g.width) {
+            if let Some(d) = dst.get_mut(start..start + cols) {
                 d.copy_from_slice(row);
             }
-        } else if let Some(d) = dst.get_mut(start..start + (g.width - 1) * g.step + 1) {
+        } else if let Some(d) = dst.get_mut(start..start + (cols - 1) * g.step + 1) {
             for (d, &s) in d.iter_mut().step_by(g.step).zip(row) {
                 *d = s;
             }

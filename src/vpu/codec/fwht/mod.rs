@@ -31,7 +31,10 @@
 //!
 //! [`FwhtEncoder`] and [`FwhtDecoder`] own their reference frames and work on
 //! caller-provided buffers laid out per a [`Format`](crate::m2m::Format) (see
-//! [`Format::raw`](crate::m2m::Format::raw) for vicodec's layout). Component
+//! [`Format::raw`](crate::m2m::Format::raw) for vicodec's layout). The
+//! decoder also writes layouts without vicodec's padding rows and columns
+//! ([`check_output_layout`]), e.g. GStreamer's default one, with the same
+//! pictures: it decodes into internal planes and copies out what fits. Component
 //! geometry comes from one table ([`pixfmt`]); the encoder specialises its
 //! inner loop per sample step at compile time; all input-dependent indexing is
 //! checked, so corrupt input yields an [`FwhtError`], never a panic. The
@@ -172,6 +175,14 @@ pub fn capture_formats(h: &FwhtHeader) -> Vec<PixelFormat> {
         })
         .map(|i| i.format)
         .collect()
+}
+
+/// Checks that the decoder can write frames of `raw` in its layout: every
+/// component's visible rows and columns inside the planes and the buffer.
+/// Padding rows and columns may be missing ([`FwhtDecoder::decode`] writes
+/// what the layout holds); the encoder still needs vicodec's layout.
+pub fn check_output_layout(raw: &crate::m2m::Format) -> Result<(), FwhtError> {
+    pixfmt::output_plane_geoms(raw).map(|_| ())
 }
 
 /// True when `raw` is a format the codec can encode from and decode to.

@@ -169,18 +169,42 @@ pub(crate) struct PlaneGeom {
     pub visible_rows: usize,
     /// `visible width * visible height / divs`: decides the stored-raw limit.
     pub visible_area: usize,
+    /// Rows and samples per row of this component that the buffer layout
+    /// holds: `height` and `width` in vicodec's layout; fewer (down to the
+    /// visible ones) in a decoder output layout without the padding, see
+    /// [`output_plane_geoms`].
+    pub layout_rows: usize,
+    pub layout_cols: usize,
 }
 
 impl PlaneGeom {
-    /// Smallest buffer length that holds every sample of this component.
+    /// Smallest buffer length that holds every sample of this component the
+    /// layout has.
     pub(crate) fn end(&self) -> usize {
-        self.offset + (self.height - 1) * self.stride + (self.width - 1) * self.step + 1
+        self.offset + (self.layout_rows - 1) * self.stride + (self.layout_cols - 1) * self.step + 1
     }
 }
 
 /// Resolves the component geometry of `fmt` and checks that its layout holds
-/// every sample the codec reads or writes.
+/// every sample the codec reads or writes: all coded rows and columns, padding
+/// included (vicodec's layout; the encoder reads the padding).
 pub(crate) fn plane_geoms(fmt: &Format) -> Result<(&'static PixInfo, Vec<PlaneGeom>), FwhtError> {
+    geoms(fmt, false)
+}
+
+/// As [`plane_geoms`], for a layout the decoder only writes: each component
+/// needs its visible rows and columns (rounded up, as GStreamer rounds
+/// subsampled planes), not the padding up to a multiple of 8. The padding
+/// rows and columns the layout lacks are simply not written out; the
+/// decoder's reference keeps them, so the decoded pictures are the same as
+/// in vicodec's layout.
+pub(crate) fn output_plane_geoms(
+    fmt: &Format,
+) -> Result<(&'static PixInfo, Vec<PlaneGeom>), FwhtError> {
+    geoms(fmt, true)
+}
+
+fn geoms(fmt: &Format, output: bool) -> Result<(&'static PixInfo, Vec<PlaneGeom>), FwhtError> {
     let info = PixInfo::of(fmt.pixelformat).ok_or(FwhtError::UnsupportedFormat(fmt.pixelformat))?;
     if RawLayoutInfo::of(fmt.pixelformat).is_none() {
         return Err(FwhtError::UnsupportedFormat(fmt.pixelformat));
@@ -208,36 +232,54 @@ pub(crate) fn plane_geoms(fmt: &Format) -> Result<(&'static PixInfo, Vec<PlaneGe
         })?;
         let vis_w = (fmt.width / wd) as usize;
         let vis_h = (fmt.height / hd) as usize;
-        let g = PlaneGeom {
-            slot: comp.slot,
-            offset: plane.offset + comp.offset,
-            stride: plane.stride,
-            step: comp.step,
-            width: vis_w.div_ceil(8) * 8,
-            height: vis_h.div_ceil(8) * 8,
-            visible_rows: vis_h,
-            visible_area: vis_w * vis_h,
-        };
-        if g.width == 0 || g.height == 0 {
+        let width = vis_w.div_ceil(8) * 8;
+        let height = vis_h.div_ceil(8) * 8;
+        if width == 0 || height == 0 {
             return Err(FwhtError::BadDimensions {
                 width: fmt.width,
                 height: fmt.height,
             });
         }
-        let row_bytes = comp.offset + (g.width - 1) * g.step + 1;
-        if row_bytes > plane.stride || g.height > plane.rows {
+        // Samples a row of the layout holds for this component.
+        let fit_cols = plane
+            .stride
+            .checked_sub(comp.offset + 1)
+            .map_or(0, |room| room / comp.step + 1);
+        // An output layout needs the visible samples (GStreamer rounds
+        // subsampled sizes up), as far as the coded component has them.
+        let (need_rows, need_cols) = if output {
+            (
+                (fmt.height.div_ceil(hd) as usize).min(height),
+                (fmt.width.div_ceil(wd) as usize).min(width),
+            )
+        } else {
+            (height, width)
+        };
+        if fit_cols < need_cols || plane.rows < need_rows {
             return Err(FwhtError::BadLayout {
                 format: fmt.pixelformat,
                 reason: format!(
                     "{} plane needs {} rows of {} bytes, the layout has {} rows of {}",
                     comp.slot.name(),
-                    g.height,
-                    row_bytes,
+                    need_rows,
+                    comp.offset + (need_cols - 1) * comp.step + 1,
                     plane.rows,
                     plane.stride
                 ),
             });
         }
+        let g = PlaneGeom {
+            slot: comp.slot,
+            offset: plane.offset + comp.offset,
+            stride: plane.stride,
+            step: comp.step,
+            width,
+            height,
+            visible_rows: vis_h,
+            visible_area: vis_w * vis_h,
+            layout_rows: plane.rows.min(height),
+            layout_cols: fit_cols.min(width),
+        };
         if g.end() > fmt.size {
             return Err(FwhtError::BadLayout {
                 format: fmt.pixelformat,

@@ -1,7 +1,7 @@
 //! Encoder/decoder round trips and error paths.
 
 use super::*;
-use crate::m2m::Format;
+use crate::m2m::{Format, PlaneLayout};
 
 /// Every raw format of the contract (the codec takes them all).
 fn all_raw() -> impl Iterator<Item = PixelFormat> {
@@ -233,4 +233,82 @@ fn capture_format_preferences() {
     assert_eq!(capture_formats(&hdr(0x120180))[0], PixelFormat::Bgr24);
     assert_eq!(capture_formats(&hdr(0x130180))[0], PixelFormat::Xbgr32);
     assert_eq!(capture_formats(&hdr(0x100180)), vec![PixelFormat::Grey]);
+}
+
+/// `fmt` re-laid without vicodec's padding: each plane holds exactly the
+/// visible rows and columns of its components (rounded up per subsampling,
+/// as GStreamer does), planes back to back.
+fn tight_layout(fmt: &Format) -> Format {
+    let info = pixfmt::PixInfo::of(fmt.pixelformat).unwrap();
+    let mut out = fmt.clone();
+    let mut offset = 0;
+    for (p, plane) in out.planes.iter_mut().enumerate() {
+        let (mut stride, mut rows) = (0, 0);
+        for c in info.components.iter().filter(|c| c.plane == p) {
+            let (wd, hd) = info.divs(c.slot);
+            let cols = fmt.width.div_ceil(wd) as usize;
+            stride = stride.max(c.offset + (cols - 1) * c.step + 1);
+            rows = rows.max(fmt.height.div_ceil(hd) as usize);
+        }
+        *plane = PlaneLayout {
+            offset,
+            stride,
+            rows,
+        };
+        offset += stride * rows;
+    }
+    out.size = offset;
+    out
+}
+
+#[test]
+fn decodes_into_a_layout_without_padding() {
+    for pf in all_raw() {
+        for (w, h) in [(64, 48), (45, 37), (17, 9), (8, 8)] {
+            let fmt = Format::raw(pf, w, h).unwrap();
+            let tight = tight_layout(&fmt);
+            check_output_layout(&tight).unwrap();
+            let frames = encode_frames(&fmt, EncoderParams::default(), 4);
+            let (mut dec_a, mut dec_b) = (FwhtDecoder::new(), FwhtDecoder::new());
+            let mut a = vec![0u8; fmt.size];
+            let mut b = vec![0x55u8; tight.size];
+            let info = pixfmt::PixInfo::of(pf).unwrap();
+            for (i, (f, _)) in frames.iter().enumerate() {
+                dec_a.decode(f, &fmt, &mut a).unwrap();
+                dec_b.decode(f, &tight, &mut b).unwrap();
+                // Every sample the tight layout holds is vicodec's (as far
+                // as the coded component reaches: vicodec leaves the last
+                // column of e.g. 17-wide 4:2:0 chroma unwritten too).
+                for c in info.components {
+                    let (wd, hd) = info.divs(c.slot);
+                    let coded = |d: u32, div: u32| ((d / div) as usize).div_ceil(8) * 8;
+                    let rows = (h.div_ceil(hd) as usize).min(coded(h, hd));
+                    let cols = (w.div_ceil(wd) as usize).min(coded(w, wd));
+                    let (pa, pb) = (fmt.planes[c.plane], tight.planes[c.plane]);
+                    for y in 0..rows {
+                        for x in 0..cols {
+                            let ia = pa.offset + y * pa.stride + c.offset + x * c.step;
+                            let ib = pb.offset + y * pb.stride + c.offset + x * c.step;
+                            assert_eq!(a[ia], b[ib], "{pf} {w}x{h} frame {i} ({x},{y})");
+                        }
+                    }
+                }
+            }
+            // One row short of the visible ones: refused, not written.
+            let mut short = tight.clone();
+            short.planes[0].rows -= 1;
+            assert!(
+                matches!(
+                    check_output_layout(&short),
+                    Err(FwhtError::BadLayout { .. })
+                ),
+                "{pf} {w}x{h}"
+            );
+            let mut dec = FwhtDecoder::new();
+            assert!(matches!(
+                dec.decode(&frames[0].0, &short, &mut b),
+                Err(FwhtError::BadLayout { .. })
+            ));
+        }
+    }
 }
