@@ -5,7 +5,8 @@
 //! Layers (imports point down only): `plugins/` (GStreamer elements; the only
 //! gstreamer code besides this file) -> [`m2m`] (the driver contract) ->
 //! [`vpu`] (the in-crate VPU) -> [`mem`] (regions, ownership, coherency checker)
-//! -> [`sys`] (the only raw-syscall code).
+//! -> [`sys`] (the only raw-syscall code). [`v4l2`] is the kernel backend
+//! (discovery of the stateful codec nodes so far).
 #![deny(unsafe_code)]
 
 pub mod m2m;
@@ -45,6 +46,17 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
 /// them all.
 pub fn emulated_vpu() -> Result<vpu::EmuVpu, m2m::M2mError> {
     common::device::emulated()
+}
+
+/// The kernel node `device=auto` tries first for a `role` session of
+/// `codec` (per [`v4l2::discovery::nodes`]), or `None` when it goes straight
+/// to the emulated VPU. For tests and tools; an element whose chosen node
+/// fails to open still runs, on the emulated VPU.
+pub fn auto_device(role: m2m::Role, codec: m2m::PixelFormat) -> Option<std::path::PathBuf> {
+    match common::device::resolve_auto(v4l2::discovery::nodes(), role, codec) {
+        common::device::DeviceChoice::Path(p) => Some(p),
+        _ => None,
+    }
 }
 
 gst::plugin_define!(

@@ -44,10 +44,15 @@
 //!   with `V4L2_BUF_FLAG_LAST` ends it (`EPIPE` afterwards is expected, not
 //!   an error); `start` is `V4L2_DEC_CMD_START` / `V4L2_ENC_CMD_START`.
 //!
+//! * [`discovery`] finds the stateful codec nodes of the machine (once per
+//!   process) with the coded and raw formats each offers; `device=auto` in
+//!   the elements and the device provider build on it.
+//!
 //! gst-free, and free of `unsafe`: union reads and `poll(2)` are in `sys`.
 
 mod controls;
 mod device;
+pub mod discovery;
 mod format;
 mod session;
 
