@@ -72,8 +72,9 @@ pub(crate) trait Codec: 'static + Send + Sync {
     /// The controls that set a new session up from the settings.
     fn controls(settings: &Self::Settings) -> Vec<Control>;
     /// Negotiation: the src caps for `info` given what downstream `allowed`
-    /// (`None`: anything), and the controls they imply (profile, level). The
-    /// error says what downstream asked that cannot be satisfied.
+    /// (its unfiltered caps; `None`: anything), and the controls they imply
+    /// (profile, level). The error says what downstream asked that cannot be
+    /// satisfied.
     fn output_caps(
         info: &gst_video::VideoInfo,
         allowed: Option<&gst::Caps>,
@@ -718,10 +719,21 @@ impl<C: Codec> EncoderBase<C> {
         drop(lock(&self.stream).take());
     }
 
-    /// The sink caps the open session takes, `None` before `open`.
+    /// The sink caps the open session takes, narrowed by what downstream
+    /// takes; `None` before `open`. When downstream takes nothing we can
+    /// produce, the session's caps unnarrowed: negotiation then reaches
+    /// `set_format`, whose error says what downstream asked and why it cannot
+    /// be had, instead of a bare not-negotiated in the source.
     pub(crate) fn caps(&self, enc: &Enc, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
         let sink_caps = lock(&self.state).as_ref().map(|s| s.sink_caps.clone())?;
-        Some(enc.proxy_getcaps(Some(&sink_caps), filter))
+        let proxied = enc.proxy_getcaps(Some(&sink_caps), filter);
+        if !proxied.is_empty() {
+            return Some(proxied);
+        }
+        Some(match filter {
+            Some(f) => f.intersect_with_mode(&sink_caps, gst::CapsIntersectMode::First),
+            None => sink_caps,
+        })
     }
 
     pub(crate) fn set_format(
@@ -747,8 +759,8 @@ impl<C: Codec> EncoderBase<C> {
 
         // What downstream takes decides the output caps (and for H.264 the
         // profile and level) before the VPU is set up.
-        let template = C::src_template_caps();
-        let allowed = enc.src_pad().peer_query_caps(Some(&template));
+        // Unfiltered, so the codec can name what downstream asked for.
+        let allowed = enc.src_pad().peer_query_caps(None);
         let allowed = (!allowed.is_any()).then_some(allowed);
         let (caps, negotiated) = C::output_caps(&info, allowed.as_ref()).map_err(|e| {
             gst::element_error!(

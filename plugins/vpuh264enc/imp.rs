@@ -237,9 +237,9 @@ impl Codec for H264 {
                 .nick("Bitrate")
                 .blurb(
                     "Target bitrate in kbit/s (V4L2 VIDEO_BITRATE) for rate-control \
-                     vbr (the average) and cbr (the constant rate); a change in \
-                     PLAYING applies from the next frame the encoder receives, \
-                     without a new key frame",
+                     vbr (the average; peaks up to twice it) and cbr (the constant \
+                     rate); a change in PLAYING applies from the next frame the \
+                     encoder receives, which starts a new GOP with an IDR",
                 )
                 .minimum(1)
                 .maximum(MAX_BITRATE_KBPS)
@@ -371,16 +371,25 @@ impl Codec for H264 {
         };
         let (profile, level) = match allowed {
             None => (H264Profile::ConstrainedBaseline, None),
-            Some(caps) if caps.is_empty() => {
-                return Err(format!(
-                    "downstream accepts no {MEDIA_TYPE}, stream-format=byte-stream, \
-                     alignment=au (for stream-format=avc put h264parse after the encoder)"
-                ));
-            }
             Some(caps) => {
+                // Downstream's structures that take our byte-stream/au output,
+                // whatever their profile and level.
+                let ours = gst::Structure::builder(MEDIA_TYPE)
+                    .field("stream-format", "byte-stream")
+                    .field("alignment", "au")
+                    .build();
+                let usable: Vec<&gst::StructureRef> =
+                    caps.iter().filter(|s| s.can_intersect(&ours)).collect();
+                if usable.is_empty() {
+                    return Err(format!(
+                        "downstream accepts no {MEDIA_TYPE}, stream-format=byte-stream, \
+                         alignment=au (it takes {caps}; for stream-format=avc put \
+                         h264parse after the encoder)"
+                    ));
+                }
                 let mut why = Vec::new();
                 let mut chosen = None;
-                for s in caps.iter() {
+                for s in usable {
                     match choose(s, w, h, fps) {
                         Ok(c) => {
                             chosen = Some(c);
