@@ -62,7 +62,10 @@ struct Out {
 
 /// Runs `desc` (with a `fakesink name=sink`, optionally `name=enc`) to EOS;
 /// `on_buffer(n, enc)` runs on the encoder's sink pad for input buffer `n`.
-fn run_with(desc: &str, on_buffer: Option<Box<dyn Fn(usize, &gst::Element) + Send + Sync>>) -> Out {
+/// Called on the encoder's sink pad with the input buffer's number.
+type OnBuffer = Box<dyn Fn(usize, &gst::Element) + Send + Sync>;
+
+fn run_with(desc: &str, on_buffer: Option<OnBuffer>) -> Out {
     init();
     let pipeline = gst::parse::launch(desc)
         .unwrap_or_else(|e| panic!("{desc}: {e}"))
