@@ -359,6 +359,12 @@ impl H264Encoder {
         if params == self.params {
             return Ok(Vec::new());
         }
+        if let Some(why) = params
+            .level
+            .and_then(|l| l.check(self.raw.width, self.raw.height, params.framerate))
+        {
+            return Err(H264Error::Level(why));
+        }
         let rest = self.flush()?;
         self.params = params;
         // The next `encode` opens the encoder with the new parameters.
