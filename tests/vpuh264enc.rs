@@ -229,6 +229,13 @@ fn check_decoded_by(decoder: &str) {
     );
     let stats = out.stats.unwrap();
     assert_eq!(stats.get::<u64>("frames-out").unwrap(), FRAMES as u64);
+    // videotestsrc writes into the VPU pool the encoder proposes: no copy.
+    assert_eq!(stats.get::<u64>("frame-copies").unwrap(), 0, "{stats}");
+    assert_eq!(
+        stats.get::<u64>("imported-frames").unwrap(),
+        FRAMES as u64,
+        "{stats}"
+    );
 }
 
 #[test]

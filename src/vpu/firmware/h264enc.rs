@@ -21,11 +21,17 @@
 //! A frame is coded inside [`H264Engine::step`], on the core thread: that is
 //! one unit of work, and the core serves its sessions round robin, one unit
 //! each per pass, so another session waits at most one frame's coding time
-//! per busy session (x264 ultrafast with sliced threads: about 2 ms at
-//! 1280x720 and 5 ms at 1920x1080 here, spread over x264's own threads;
-//! comparable with an FWHT frame at 1080p). A worker thread per session
-//! would take that wait away but add a hand-off per frame and a second
-//! wake-up path for the core; at these costs it does not pay.
+//! per busy H.264 session. x264 (ultrafast, sliced threads, spreading the
+//! frame over its own threads) takes about 5.5 ms at 1280x720 and 12 ms at
+//! 1920x1080 per frame here (`benches/h264enc.rs`, the `x264enc ...
+//! zerolatency` row, on the loaded 2-core machine): well inside a 30 fps
+//! frame period, so sessions sharing the core keep their frame rates while
+//! the core has CPU left. The alternative, a coding thread per session,
+//! would take that wait away but needs a second way to wake the core when a
+//! frame is done (it sleeps on the doorbell between passes): polling would
+//! spin a CPU, and a wake-up per frame adds a hand-off on every frame. Not
+//! worth it at these costs; it is the change to make if a core must serve
+//! several 1080p60 sessions.
 
 use std::collections::VecDeque;
 
