@@ -604,3 +604,109 @@ fn a_new_size_mid_stream_starts_a_new_stream_with_an_idr() {
     assert!(keys[1] >= 4, "{keys:?}");
     assert!(idr_with_headers(&nal_types(&bytes(&out.buffers[keys[1]]))));
 }
+
+#[test]
+fn properties_read_like_a_manual() {
+    init();
+    let factory = gst::ElementFactory::find("vpuh264enc").unwrap();
+    assert_eq!(
+        factory.metadata("klass"),
+        Some("Codec/Encoder/Video/Hardware")
+    );
+    assert_eq!(factory.rank(), gst::Rank::SECONDARY);
+    let enc = factory.create().build().unwrap();
+    for name in [
+        "bitrate",
+        "rate-control",
+        "gop-size",
+        "qp-min",
+        "qp-max",
+        "quantizer",
+        "extra-controls",
+        "device",
+        "memory-policy",
+        "stats",
+    ] {
+        let p = enc.find_property(name).unwrap_or_else(|| panic!("{name}"));
+        assert!(
+            p.blurb().is_some_and(|b| b.len() > 40),
+            "{name} has a blurb"
+        );
+    }
+    assert!(
+        enc.find_property("bitrate")
+            .unwrap()
+            .flags()
+            .contains(gst::PARAM_FLAG_MUTABLE_PLAYING),
+        "bitrate is changeable in PLAYING"
+    );
+    assert_eq!(enc.property::<u32>("bitrate"), 2048);
+    assert_eq!(enc.property::<u32>("gop-size"), 30);
+    enc.set_property_from_str("rate-control", "constant-qp");
+    enc.set_property("quantizer", 30u32);
+    assert_eq!(enc.property::<u32>("quantizer"), 30);
+    // extra-controls set the same settings as the properties.
+    let s: gst::Structure = "controls,video_bitrate=3000000,video_gop_size=12"
+        .parse()
+        .unwrap();
+    enc.set_property("extra-controls", s);
+    assert_eq!(enc.property::<u32>("bitrate"), 3000);
+    assert_eq!(enc.property::<u32>("gop-size"), 12);
+    let stats = enc.property::<gst::Structure>("stats");
+    assert_eq!(stats.name(), "vpuh264enc-stats");
+}
+
+#[test]
+fn extra_controls_take_effect_and_unknown_ones_are_named() {
+    let out = run(&format!(
+        "{} ! vpuh264enc name=enc extra-controls=\"controls,video_gop_size=4,no_such_control=1\" \
+         ! fakesink name=sink",
+        source(9)
+    ));
+    let keys: Vec<usize> = (0..9).filter(|&i| is_key(&out.buffers[i])).collect();
+    assert_eq!(keys, vec![0, 4, 8], "video_gop_size=4");
+
+    // The unknown one is a warning on the bus that names it and lists the
+    // names the encoder knows.
+    let pipeline = gst::Pipeline::new();
+    let enc = gst::ElementFactory::make("vpuh264enc").build().unwrap();
+    pipeline.add(&enc).unwrap();
+    let s: gst::Structure = "controls,no_such_control=1".parse().unwrap();
+    enc.set_property("extra-controls", s);
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .pop_filtered(&[gst::MessageType::Warning])
+        .expect("a warning");
+    let gst::MessageView::Warning(w) = msg.view() else {
+        unreachable!("filtered on warnings")
+    };
+    let text = format!("{} {:?}", w.error(), w.debug());
+    assert!(
+        text.contains("no_such_control") && text.contains("h264_minimum_qp_value"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_device_that_cannot_open_is_a_clear_error() {
+    init();
+    let pipeline = gst::parse::launch(
+        "videotestsrc num-buffers=2 ! vpuh264enc device=/dev/video99 ! fakesink",
+    )
+    .unwrap();
+    assert!(pipeline.set_state(gst::State::Playing).is_err());
+    let bus = pipeline.bus().unwrap();
+    let mut errors = Vec::new();
+    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
+        if let gst::MessageView::Error(e) = msg.view() {
+            errors.push(format!("{} {:?}", e.error(), e.debug()));
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert!(!errors.is_empty(), "an error is posted");
+    assert!(
+        errors[0].contains("H.264") && errors[0].contains("/dev/video99"),
+        "{errors:?}"
+    );
+}
