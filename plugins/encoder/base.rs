@@ -801,12 +801,15 @@ impl<C: Codec> EncoderBase<C> {
             (C::controls(&s.codec), s.memory_policy.coherency())
         };
         let fps = info.fps();
-        if fps.numer() > 0 && fps.denom() > 0 {
-            controls.push(Control::FrameRate {
+        // Rate control needs a rate: a variable one (0/1) is taken as 30 fps.
+        controls.push(if fps.numer() > 0 && fps.denom() > 0 {
+            Control::FrameRate {
                 num: fps.numer() as u32,
                 den: fps.denom() as u32,
-            });
-        }
+            }
+        } else {
+            Control::FrameRate { num: 30, den: 1 }
+        });
         controls.extend(negotiated);
         let engine = Engine::start(
             session,
