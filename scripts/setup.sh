@@ -21,6 +21,10 @@ packages=(
   # crates, libclang for v4l2r's bindgen, nasm for openh264, meson/ninja.
   build-essential pkg-config libclang-dev nasm meson ninja-build git ca-certificates
   xz-utils
+  # vpuh264enc on the emulated VPU: libx264 through FFmpeg 5.1's libavcodec
+  # (ffmpeg-sys-next runs bindgen against these headers and links them;
+  # libavcodec59 pulls in libx264-164).
+  libavcodec-dev libavformat-dev libavutil-dev
 )
 # Linux 6.12 uapi headers for v4l2r 0.0.8 (see README, "Why v4l2r 0.0.8"),
 # pinned to the version ../shared/vm builds its kernel modules from: that

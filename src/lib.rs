@@ -23,10 +23,14 @@ mod typefind;
 #[path = "../plugins/allocator/mod.rs"]
 pub mod allocator;
 
+#[path = "../plugins/encoder/mod.rs"]
+mod encoder;
 #[path = "../plugins/vpufwhtdec/mod.rs"]
 mod vpufwhtdec;
 #[path = "../plugins/vpufwhtenc/mod.rs"]
 mod vpufwhtenc;
+#[path = "../plugins/vpuh264enc/mod.rs"]
+mod vpuh264enc;
 
 use gst::glib;
 
@@ -36,6 +40,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     typefind::register(plugin)?;
     vpufwhtdec::register(plugin)?;
     vpufwhtenc::register(plugin)?;
+    vpuh264enc::register(plugin)?;
     Ok(())
 }
 

@@ -53,6 +53,11 @@ fn roundtrip_odd_size_semi_planar() {
 }
 
 #[test]
+fn encode_h264_round_trips_through_mp4() {
+    run("encode-h264.sh", &["30"], "encode-h264: OK, 30 frames");
+}
+
+#[test]
 fn display_example_runs_or_says_why_not() {
     // Shows a window where a display exists; says SKIPPED otherwise.
     let has_display =

@@ -3,7 +3,7 @@
 //! (pixel formats, caps, video info, colorimetry).
 //!
 //! Everything here is crate-private plumbing; the elements (`vpufwhtdec`,
-//! `vpufwhtenc`) are its users.
+//! `vpufwhtenc`, `vpuh264enc`) are its users.
 
 pub(crate) mod device;
 // Part of the format tables is used only by the tests so far; the

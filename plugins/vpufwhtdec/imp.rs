@@ -814,8 +814,8 @@ impl ObjectImpl for VpuFwhtDec {
                     .blurb(
                         "Which VPU decodes: \"auto\" (a kernel V4L2 codec node offering FWHT, \
                          else the emulated VPU), \"emu\" (the in-crate emulated VPU) or a node \
-                         path like /dev/video1 (the kernel backend; without device discovery \
-                         in this build, auto means emu). Read when the element starts",
+                         path like /dev/video1 (the kernel backend). Read when the element \
+                         starts",
                     )
                     .default_value(Some(DEFAULT_DEVICE))
                     .mutable_ready()

@@ -1,30 +1,14 @@
 //! `vpufwhtenc`: FWHT (the kernel vicodec codec) encoder on a VPU, driven
 //! through the V4L2 stateful M2M encoder model ([`crate::m2m`]).
 //!
-//! Files: `imp.rs` is the GstVideoEncoder subclass (properties, caps,
-//! negotiation, the frame flow); `engine.rs` is the VPU side (queues, buffers,
-//! the `vpu-capture` event thread); `pool.rs` is the buffer pool of VPU memory
-//! the element proposes upstream, so producers write where the VPU reads;
-//! `copy.rs` lays a GStreamer frame out in the contract's layout when upstream
-//! memory cannot be queued as is.
-//!
-//! Controls (`gop-size`, the QPs, `extra-controls`) set while streaming apply
-//! from the next frame `handle_frame` receives: the streaming thread lets the
-//! VPU finish the frames before and then sets them (see `imp.rs`).
-//!
-//! Threading: the streaming thread queues raw frames and is the only caller of
-//! `finish_frame`; `vpu-capture` waits on the session's events, returns done
-//! OUTPUT buffers, copies coded frames out of their CAPTURE buffers and
-//! requeues those at once. See `imp.rs` for why `finish_frame` stays on the
-//! streaming thread.
+//! The element is the shared VPU encoder ([`crate::encoder`]: the frame flow,
+//! the VPU engine, the input pool) with the FWHT descriptor of `imp.rs`
+//! (caps, `gop-size`, `i-frame-qp`, `p-frame-qp`, `extra-controls` names).
 
 use gst::glib;
 use gst::prelude::*;
 
-mod copy;
-mod engine;
 mod imp;
-mod pool;
 
 glib::wrapper! {
     pub struct VpuFwhtEnc(ObjectSubclass<imp::VpuFwhtEnc>)

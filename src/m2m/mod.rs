@@ -30,6 +30,7 @@
 //! frame that only a display imports never costs a cache invalidate.
 
 pub mod blocking;
+pub mod controls;
 pub mod format;
 pub mod layout;
 
@@ -37,6 +38,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use controls::{BitrateMode, H264Level, H264Profile};
 pub use format::{Colorimetry, Format, PixelFormat, PlaneLayout};
 
 use crate::mem::{Coherency, Region};
@@ -197,6 +199,20 @@ pub enum Control {
     Bitrate(u32),
     /// `V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME`: the next frame is a key frame.
     ForceKeyFrame,
+    /// `V4L2_CID_MPEG_VIDEO_BITRATE_MODE`.
+    BitrateMode(BitrateMode),
+    /// `V4L2_CID_MPEG_VIDEO_H264_MIN_QP`.
+    MinQp(u32),
+    /// `V4L2_CID_MPEG_VIDEO_H264_MAX_QP`.
+    MaxQp(u32),
+    /// `V4L2_CID_MPEG_VIDEO_H264_PROFILE`.
+    H264Profile(H264Profile),
+    /// `V4L2_CID_MPEG_VIDEO_H264_LEVEL`; `None` lets the encoder pick the
+    /// lowest level the stream fits.
+    H264Level(Option<H264Level>),
+    /// The OUTPUT frame rate, frames per second as `num/den` (`VIDIOC_S_PARM`
+    /// on the OUTPUT queue in V4L2); rate control needs it.
+    FrameRate { num: u32, den: u32 },
 }
 
 /// Errors of the contract. Messages say what was expected and what was found.

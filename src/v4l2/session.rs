@@ -269,6 +269,43 @@ impl KernelSession {
         })
     }
 
+    /// `VIDIOC_S_PARM` on OUTPUT: the frame interval rate control works
+    /// with. It is a hint: a node without frame intervals (vicodec has
+    /// none) codes the same, so ENOTTY/EINVAL are logged, not errors.
+    fn set_frame_rate(&self, num: u32, den: u32) -> Result<(), M2mError> {
+        if num == 0 || den == 0 {
+            return Err(M2mError::InvalidControl {
+                control: Control::FrameRate { num, den },
+                reason: "a frame rate needs a non-zero numerator and denominator".into(),
+            });
+        }
+        let parm = bindings::v4l2_streamparm {
+            type_: self.qtype(QueueKind::Output) as u32,
+            parm: bindings::v4l2_streamparm__bindgen_ty_1 {
+                output: bindings::v4l2_outputparm {
+                    timeperframe: bindings::v4l2_fract {
+                        numerator: den,
+                        denominator: num,
+                    },
+                    ..Default::default()
+                },
+            },
+        };
+        match ioctl::s_parm::<_, bindings::v4l2_streamparm>(&self.fd, parm) {
+            Ok(_) => Ok(()),
+            Err(ioctl::GParmError::IoctlError(Errno::ENOTTY | Errno::EINVAL)) => {
+                log::debug!(
+                    "{}: no OUTPUT frame interval (VIDIOC_S_PARM); {num}/{den} fps not passed on",
+                    self.path.display()
+                );
+                Ok(())
+            }
+            Err(ioctl::GParmError::IoctlError(e)) => {
+                Err(self.kernel_err("VIDIOC_S_PARM OUTPUT", e))
+            }
+        }
+    }
+
     fn set_checked(
         &self,
         c: &ControlInfo,
@@ -1075,6 +1112,34 @@ impl Session for KernelSession {
                 1,
                 "force key frame",
             ),
+            Control::BitrateMode(m) => (
+                bindings::V4L2_CID_MPEG_VIDEO_BITRATE_MODE,
+                i64::from(m as u32),
+                "bitrate mode",
+            ),
+            Control::MinQp(v) => (
+                bindings::V4L2_CID_MPEG_VIDEO_H264_MIN_QP,
+                i64::from(v),
+                "H.264 minimum QP",
+            ),
+            Control::MaxQp(v) => (
+                bindings::V4L2_CID_MPEG_VIDEO_H264_MAX_QP,
+                i64::from(v),
+                "H.264 maximum QP",
+            ),
+            Control::H264Profile(p) => (
+                bindings::V4L2_CID_MPEG_VIDEO_H264_PROFILE,
+                i64::from(p as u32),
+                "H.264 profile",
+            ),
+            // No level asked for: the driver keeps its own choice.
+            Control::H264Level(None) => return Ok(()),
+            Control::H264Level(Some(l)) => (
+                bindings::V4L2_CID_MPEG_VIDEO_H264_LEVEL,
+                i64::from(l.v4l2),
+                "H.264 level",
+            ),
+            Control::FrameRate { num, den } => return self.set_frame_rate(num, den),
         };
         let Some(info) = controls::query(&self.fd, id) else {
             return Err(M2mError::InvalidControl {

@@ -136,6 +136,18 @@ pub mod ctrl {
     pub const P_FRAME_QP: u32 = 3;
     pub const BITRATE: u32 = 4;
     pub const FORCE_KEY_FRAME: u32 = 5;
+    /// `BitrateMode` as its V4L2 menu index.
+    pub const BITRATE_MODE: u32 = 6;
+    pub const MIN_QP: u32 = 7;
+    pub const MAX_QP: u32 = 8;
+    /// `H264Profile` as its V4L2 menu index.
+    pub const H264_PROFILE: u32 = 9;
+    /// `H264Level` as its V4L2 menu index, or [`LEVEL_AUTO`].
+    pub const H264_LEVEL: u32 = 10;
+    /// OUTPUT frame rate in millihertz (frames per 1000 s).
+    pub const FRAME_RATE_MHZ: u32 = 11;
+    /// `H264_LEVEL` value: the encoder picks the lowest level that fits.
+    pub const LEVEL_AUTO: u32 = u32::MAX;
 }
 
 /// Status codes carried by [`Response::Ack`].

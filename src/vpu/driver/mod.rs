@@ -366,9 +366,16 @@ impl EmuVpu {
         self.inner.core.iommu.len()
     }
 
+    /// (role, coded format) pairs the firmware has an engine for.
+    pub const CODECS: &'static [(Role, PixelFormat)] = &[
+        (Role::Decoder, PixelFormat::Fwht),
+        (Role::Encoder, PixelFormat::Fwht),
+        (Role::Encoder, PixelFormat::H264),
+    ];
+
     /// Opens a session, typed (see [`Device::open`]).
     pub fn open_session(&self, role: Role, codec: PixelFormat) -> Result<EmuSession, M2mError> {
-        if codec != PixelFormat::Fwht {
+        if !Self::CODECS.contains(&(role, codec)) {
             return Err(M2mError::Unsupported { role, codec });
         }
         let core = &self.inner.core;
@@ -403,10 +410,7 @@ impl Device for EmuVpu {
         DeviceInfo {
             name: "rsvpu emulated VPU".into(),
             kind: DeviceKind::Emulated,
-            codecs: vec![
-                (Role::Decoder, PixelFormat::Fwht),
-                (Role::Encoder, PixelFormat::Fwht),
-            ],
+            codecs: Self::CODECS.to_vec(),
         }
     }
 

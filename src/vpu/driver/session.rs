@@ -444,6 +444,9 @@ impl Session for EmuSession {
             (Role::Decoder, QueueKind::Output) | (Role::Encoder, QueueKind::Capture) => {
                 vec![self.codec]
             }
+            (Role::Encoder, QueueKind::Output) if self.codec == PixelFormat::H264 => raw()
+                .filter(|&p| crate::vpu::codec::h264enc::supports(p))
+                .collect(),
             (Role::Encoder, QueueKind::Output) => raw().collect(),
             (Role::Decoder, QueueKind::Capture) => match &lock(&self.state).stream {
                 Some((formats, ..)) => formats.clone(),
@@ -577,6 +580,22 @@ impl Session for EmuSession {
             Control::PFrameQp(v) => (ctrl::P_FRAME_QP, v),
             Control::Bitrate(v) => (ctrl::BITRATE, v),
             Control::ForceKeyFrame => (ctrl::FORCE_KEY_FRAME, 1),
+            Control::BitrateMode(m) => (ctrl::BITRATE_MODE, m as u32),
+            Control::MinQp(v) => (ctrl::MIN_QP, v),
+            Control::MaxQp(v) => (ctrl::MAX_QP, v),
+            Control::H264Profile(p) => (ctrl::H264_PROFILE, p as u32),
+            Control::H264Level(l) => (ctrl::H264_LEVEL, l.map_or(ctrl::LEVEL_AUTO, |l| l.v4l2)),
+            Control::FrameRate { num, den } => {
+                if num == 0 || den == 0 {
+                    return Err(M2mError::InvalidControl {
+                        control,
+                        reason: format!("a frame rate needs a non-zero fraction, got {num}/{den}"),
+                    });
+                }
+                // On the wire in millihertz (precise enough for rate control).
+                let mhz = (u64::from(num) * 1000).div_ceil(u64::from(den));
+                (ctrl::FRAME_RATE_MHZ, u32::try_from(mhz).unwrap_or(u32::MAX))
+            }
         };
         self.command(Command::SetControl { id, value }, |_, reason| {
             M2mError::InvalidControl { control, reason }

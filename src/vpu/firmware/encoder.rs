@@ -98,6 +98,9 @@ impl Encoder {
                 self.force_next = true;
                 return Ok(());
             }
+            // Every V4L2 encoder takes a frame rate (S_PARM); FWHT has no
+            // rate control, so it does not use it.
+            ctrl::FRAME_RATE_MHZ => return Ok(()),
             _ => {
                 return Err(format!(
                     "the FWHT encoder has no {} control ({id})",

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::decoder::Decoder;
 use super::encoder::Encoder;
+use super::h264enc::H264Engine;
 use super::{Faults, Outbox};
 use crate::m2m::{BufferFlags, Format, PixelFormat, PlaneLayout, QueueKind, Role};
 use crate::mem::Region;
@@ -43,6 +44,7 @@ pub(crate) struct FwQueue {
 enum Engine {
     Decoder(Box<Decoder>),
     Encoder(Box<Encoder>),
+    H264Encoder(Box<H264Engine>),
 }
 
 pub(crate) struct FwSession {
@@ -101,6 +103,7 @@ impl FwSession {
         let engine = match (PixelFormat::from_fourcc(codec), role) {
             (Some(PixelFormat::Fwht), Role::Decoder) => Engine::Decoder(Box::default()),
             (Some(PixelFormat::Fwht), Role::Encoder) => Engine::Encoder(Box::default()),
+            (Some(PixelFormat::H264), Role::Encoder) => Engine::H264Encoder(Box::default()),
             _ => {
                 let name = String::from_utf8_lossy(&codec.to_le_bytes()).into_owned();
                 return Err(format!("this VPU has no {role} for {name:?}"));
@@ -167,6 +170,15 @@ impl FwSession {
                         colorimetry,
                     ),
                     Engine::Encoder(e) => e.set_format(
+                        &mut self.output,
+                        &mut self.capture,
+                        queue,
+                        pixfmt,
+                        width,
+                        height,
+                        colorimetry,
+                    ),
+                    Engine::H264Encoder(e) => e.set_format(
                         &mut self.output,
                         &mut self.capture,
                         queue,
@@ -256,10 +268,12 @@ impl FwSession {
                     timestamp,
                     flags,
                 };
-                if let Engine::Encoder(e) = &mut self.engine
-                    && queue == QueueKind::Output
-                {
-                    e.on_output_queued(&mut buf);
+                if queue == QueueKind::Output {
+                    match &mut self.engine {
+                        Engine::Encoder(e) => e.on_output_queued(&mut buf),
+                        Engine::H264Encoder(e) => e.on_output_queued(&mut buf),
+                        Engine::Decoder(_) => {}
+                    }
                 }
                 self.queue_mut(queue).buffers.push_back(buf);
                 Ok(None)
@@ -274,6 +288,7 @@ impl FwSession {
                 match &mut self.engine {
                     Engine::Decoder(d) => d.stream_on(queue),
                     Engine::Encoder(e) => e.stream_on(queue),
+                    Engine::H264Encoder(e) => e.stream_on(queue),
                 }
                 Ok(Some(()))
             }
@@ -284,6 +299,7 @@ impl FwSession {
                 match &mut self.engine {
                     Engine::Decoder(d) => d.stream_off(queue),
                     Engine::Encoder(e) => e.stream_off(queue),
+                    Engine::H264Encoder(e) => e.stream_off(queue),
                 }
                 Ok(Some(()))
             }
@@ -291,6 +307,7 @@ impl FwSession {
                 match &mut self.engine {
                     Engine::Decoder(d) => d.stop(&self.output),
                     Engine::Encoder(e) => e.stop(&self.output),
+                    Engine::H264Encoder(e) => e.stop(&self.output),
                 }
                 Ok(Some(()))
             }
@@ -298,12 +315,14 @@ impl FwSession {
                 match &mut self.engine {
                     Engine::Decoder(d) => d.start(),
                     Engine::Encoder(e) => e.start(),
+                    Engine::H264Encoder(e) => e.start(),
                 }
                 Ok(Some(()))
             }
             Command::SetControl { id, value } => {
                 match &mut self.engine {
                     Engine::Encoder(e) => e.set_control(id, value).map_err(bad)?,
+                    Engine::H264Encoder(e) => e.set_control(id, value).map_err(bad)?,
                     Engine::Decoder(_) => {
                         return Err(bad(format!("control {id} does not apply to a decoder")));
                     }
@@ -355,11 +374,10 @@ impl FwSession {
                     .collect();
                 match &mut self.engine {
                     Engine::Decoder(d) => d.set_layout(&mut self.capture, queue, format),
-                    Engine::Encoder(_) => {
+                    Engine::Encoder(_) | Engine::H264Encoder(_) => {
                         return Err((
                             Status::Unsupported,
-                            "the encoder reads frames in its own layout only (it codes the padding)"
-                                .into(),
+                            "an encoder reads frames in its own layout only".into(),
                         ));
                     }
                 }
@@ -379,6 +397,9 @@ impl FwSession {
         match &mut self.engine {
             Engine::Decoder(d) => d.step(&mut self.output, &mut self.capture, faults, &mut sink),
             Engine::Encoder(e) => e.step(&mut self.output, &mut self.capture, faults, &mut sink),
+            Engine::H264Encoder(e) => {
+                e.step(&mut self.output, &mut self.capture, faults, &mut sink)
+            }
         }
     }
 }
@@ -399,6 +420,12 @@ pub(crate) fn control_name(id: u32) -> &'static str {
         ctrl::P_FRAME_QP => "p-frame-qp",
         ctrl::BITRATE => "bitrate",
         ctrl::FORCE_KEY_FRAME => "force-key-frame",
+        ctrl::BITRATE_MODE => "bitrate-mode",
+        ctrl::MIN_QP => "min-qp",
+        ctrl::MAX_QP => "max-qp",
+        ctrl::H264_PROFILE => "h264-profile",
+        ctrl::H264_LEVEL => "h264-level",
+        ctrl::FRAME_RATE_MHZ => "frame-rate",
         _ => "unknown",
     }
 }

@@ -1,4 +1,4 @@
-//! The buffer pool `vpufwhtenc` proposes upstream, so that a producer such as
+//! The buffer pool the VPU encoders (`vpufwhtenc`, `vpuh264enc`) propose upstream, so that a producer such as
 //! `videotestsrc` writes its frames straight into VPU memory and the encoder
 //! queues them without a copy.
 //!
@@ -45,9 +45,9 @@ use crate::sys::DmaBackend;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     gst::DebugCategory::new(
-        "vpufwhtencpool",
+        "vpuencpool",
         gst::DebugColorFlags::empty(),
-        Some("VPU FWHT encoder input pool"),
+        Some("VPU encoder input pool"),
     )
 });
 
@@ -74,7 +74,7 @@ mod imp {
 
     #[glib::object_subclass]
     impl ObjectSubclass for VpuBufferPool {
-        const NAME: &'static str = "GstVpuFwhtEncBufferPool";
+        const NAME: &'static str = "GstVpuEncBufferPool";
         type Type = super::VpuBufferPool;
         type ParentType = gst::BufferPool;
     }
@@ -157,7 +157,7 @@ mod imp {
             let guard = self.setup();
             let setup = guard.as_ref().ok_or(gst::FlowError::NotNegotiated)?;
             let n = self.allocated.fetch_add(1, Ordering::Relaxed);
-            let name = format!("vpufwhtenc-pool-{n}");
+            let name = format!("vpuenc-pool-{n}");
             let region = Region::allocate(
                 &name,
                 setup.raw.size,

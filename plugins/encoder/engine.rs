@@ -1,4 +1,4 @@
-//! The VPU side of `vpufwhtenc`: one streaming setup of an encoder session
+//! The VPU side of the encoders: one streaming setup of an encoder session
 //! (formats, buffers, both queues on) and the `vpu-capture` thread.
 //!
 //! # Queues and memory
@@ -133,24 +133,6 @@ pub(super) enum Wake<T> {
     Ready(Vec<Coded>),
 }
 
-/// The settings the VPU's controls take.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Params {
-    pub gop_size: u32,
-    pub i_frame_qp: u32,
-    pub p_frame_qp: u32,
-}
-
-impl Params {
-    pub(super) fn controls(self) -> [Control; 3] {
-        [
-            Control::GopSize(self.gop_size),
-            Control::IFrameQp(self.i_frame_qp),
-            Control::PFrameQp(self.p_frame_qp),
-        ]
-    }
-}
-
 /// One streaming setup of the session for one raw format.
 pub(super) struct Engine {
     shared: Arc<Shared>,
@@ -165,30 +147,33 @@ pub(super) struct Engine {
 }
 
 impl Engine {
-    /// Sets `raw` on OUTPUT, the controls, allocates and queues, and starts
-    /// `vpu-capture`. Returns the engine and the raw format in effect.
+    /// Sets the controls, then `raw` on OUTPUT (so the codec starts with
+    /// them), allocates and queues, and starts `vpu-capture`. Returns the
+    /// engine and the raw format in effect. `name` labels its regions.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn start(
         session: Arc<dyn Session>,
         raw: &Format,
-        params: Params,
+        controls: &[Control],
         coherency: Coherency,
         checker: &Arc<Checker>,
         stats: Arc<Mutex<Stats>>,
+        name: &str,
     ) -> Result<Engine, EngineError> {
         let s = session.as_ref();
+        for &c in controls {
+            s.set_control(c).map_err(EngineError::Setup)?;
+        }
         let raw = s
             .set_format(QueueKind::Output, raw)
             .map_err(EngineError::Setup)?;
-        for c in params.controls() {
-            s.set_control(c).map_err(EngineError::Setup)?;
-        }
         s.allocate_buffers(QueueKind::Output, COPY_SLOTS + IMPORT_SLOTS, Memory::Import)
             .map_err(EngineError::Setup)?;
         let backend = DmaBackend::probe();
         let copy_regions = (0..COPY_SLOTS)
             .map(|i| {
                 Region::allocate(
-                    &format!("vpufwhtenc-frame-{i}"),
+                    &format!("{name}-frame-{i}"),
                     raw.size,
                     coherency,
                     backend,

@@ -1,0 +1,268 @@
+//! H.264 encoders side by side, in one run: `vpuh264enc` (libx264 on the
+//! emulated VPU) against GStreamer's `x264enc speed-preset=ultrafast` (the
+//! same libx264, as the issue names it, and with `tune=zerolatency`, the
+//! configuration the VPU engine uses) and `openh264enc` (Cisco's
+//! libopenh264 2.3.1), at 1280x720 and 1920x1080 I420, 4 Mbit/s.
+//!
+//! Content: `videotestsrc pattern=smpte horizontal-speed=3` (scrolling bars),
+//! captured once through an appsink before anything is timed; every encoder
+//! gets the same buffers from `appsrc name=src ! <encoder> ! fakesink`
+//! (system memory: vpuh264enc copies each frame once into VPU memory, as the
+//! others copy it into their codec). The clock runs from PLAYING to EOS on the
+//! bus, the pipeline having been brought to READY first.
+//!
+//! Printed per encoder: frames/s (median of the runs), CPU time of the
+//! process per frame (all threads, from `/proc/self/task/*/schedstat`; the
+//! encoders' own threads included), the output bitrate, and the ratio of
+//! frames/s to the `x264enc ... tune=zerolatency` row: the peer that wraps
+//! the same library in the same configuration, so below 1.0 is our overhead.
+//!
+//! Run: `cargo bench --bench h264enc`. H264ENC_BENCH_FRAMES=n frames per run
+//! (default 90 at 720p, 60 at 1080p), H264ENC_BENCH_RUNS=n (default 3),
+//! H264ENC_BENCH_SIZE=1280x720 (one size only). Under `cargo test
+//! --all-targets` (no `--bench`) it runs once on 3 small frames, as a smoke
+//! test. The load average is printed before and after: on a shared 2-core
+//! machine compare the ratios within one run.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use gst::prelude::*;
+
+fn benching() -> bool {
+    std::env::args().any(|a| a == "--bench")
+}
+
+fn env_num(name: &str) -> Option<usize> {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn raw_caps(w: u32, h: u32) -> String {
+    format!("video/x-raw,format=I420,width={w},height={h},framerate=30/1")
+}
+
+/// `n` frames of the clip, as videotestsrc lays them out.
+fn capture(w: u32, h: u32, n: usize) -> Vec<gst::Buffer> {
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc pattern=smpte horizontal-speed=3 num-buffers={n} ! {} \
+         ! appsink name=sink sync=false",
+        raw_caps(w, h)
+    ))
+    .expect("capture pipeline")
+    .downcast::<gst::Pipeline>()
+    .expect("a pipeline");
+    let sink = pipeline.by_name("sink").expect("appsink");
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("capture plays");
+    let mut frames = Vec::with_capacity(n);
+    while let Some(sample) = sink.emit_by_name::<Option<gst::Sample>>("pull-sample", &[]) {
+        frames.push(sample.buffer_owned().expect("sample buffer"));
+    }
+    pipeline.set_state(gst::State::Null).expect("capture stops");
+    assert_eq!(frames.len(), n, "videotestsrc gave every frame");
+    frames
+}
+
+/// CPU time consumed so far by the live threads of this process.
+fn cpu_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    let ns: u64 = dir
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
+}
+
+fn wait_eos(pipeline: &gst::Pipeline) {
+    let bus = pipeline.bus().expect("bus");
+    for msg in bus.iter_timed(gst::ClockTime::from_seconds(300)) {
+        match msg.view() {
+            gst::MessageView::Eos(..) => return,
+            gst::MessageView::Error(e) => panic!(
+                "pipeline error from {:?}: {} ({:?})",
+                e.src().map(|s| s.path_string()),
+                e.error(),
+                e.debug()
+            ),
+            _ => {}
+        }
+    }
+    panic!("no EOS within 300 s");
+}
+
+struct Run {
+    secs: f64,
+    cpu: f64,
+    frames: usize,
+    bytes: usize,
+}
+
+/// One timed run of `appsrc ! encoder ! fakesink` over `frames`.
+fn run(encoder: &str, w: u32, h: u32, frames: &[gst::Buffer]) -> Run {
+    let launch = format!(
+        "appsrc name=src format=time caps={} ! {encoder} ! fakesink name=sink sync=false \
+         signal-handoffs=true",
+        raw_caps(w, h)
+    );
+    let pipeline = gst::parse::launch(&launch)
+        .unwrap_or_else(|e| panic!("{launch}: {e}"))
+        .downcast::<gst::Pipeline>()
+        .expect("a pipeline");
+    let out: Arc<Mutex<(usize, usize)>> = Arc::default();
+    let out2 = Arc::clone(&out);
+    pipeline
+        .by_name("sink")
+        .expect("fakesink")
+        .connect("handoff", false, move |args| {
+            let b = args[1].get::<gst::Buffer>().expect("a buffer");
+            let mut o = out2.lock().unwrap();
+            o.0 += 1;
+            o.1 += b.size();
+            None
+        });
+    pipeline.set_state(gst::State::Ready).expect("READY");
+    let d = gst::ClockTime::SECOND / 30;
+    let buffers: Vec<gst::Buffer> = frames
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut b = b.copy();
+            let bm = b.get_mut().expect("fresh buffer");
+            bm.set_pts(d * i as u64);
+            bm.set_duration(d);
+            b
+        })
+        .collect();
+    let cpu0 = cpu_secs();
+    let t = Instant::now();
+    pipeline.set_state(gst::State::Playing).expect("PLAYING");
+    let src = pipeline.by_name("src").expect("appsrc");
+    for b in buffers {
+        let r = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
+        assert_eq!(r, gst::FlowReturn::Ok, "appsrc takes the buffer");
+    }
+    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    wait_eos(&pipeline);
+    let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
+    pipeline.set_state(gst::State::Null).expect("NULL");
+    let (n, bytes) = *out.lock().unwrap();
+    Run {
+        secs,
+        cpu,
+        frames: n,
+        bytes,
+    }
+}
+
+fn measure(w: u32, h: u32, n: usize, runs: usize, kbps: u32) {
+    let frames = capture(w, h, n);
+    let encoders = [
+        ("vpuh264enc", format!("vpuh264enc bitrate={kbps}")),
+        (
+            "x264enc ultrafast zerolatency",
+            format!("x264enc speed-preset=ultrafast tune=zerolatency bitrate={kbps}"),
+        ),
+        (
+            "x264enc ultrafast",
+            format!("x264enc speed-preset=ultrafast bitrate={kbps}"),
+        ),
+        (
+            "openh264enc",
+            format!("openh264enc rate-control=bitrate bitrate={}", kbps * 1000),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, launch) in &encoders {
+        let mut last = None;
+        let fps = median(
+            (0..runs)
+                .map(|_| {
+                    let r = run(launch, w, h, &frames);
+                    assert_eq!(r.frames, n, "{name}: every frame coded");
+                    let f = n as f64 / r.secs;
+                    last = Some(r);
+                    f
+                })
+                .collect(),
+        );
+        let r = last.expect("a run");
+        rows.push((name, fps, r));
+    }
+    let reference = rows[1].1;
+    for (name, fps, r) in &rows {
+        println!(
+            "{:<11} {:<30} {:>8.1} {:>10.2} {:>10.0} {:>7.2}",
+            format!("{w}x{h}"),
+            name,
+            fps,
+            r.cpu * 1000.0 / n as f64,
+            r.bytes as f64 * 8.0 * 30.0 / n as f64 / 1000.0,
+            fps / reference
+        );
+    }
+}
+
+fn main() {
+    gst::init().expect("gst init");
+    gstrsvpu::plugin_register_static().expect("rsvpu registers");
+    for f in ["x264enc", "openh264enc", "vpuh264enc"] {
+        assert!(
+            gst::ElementFactory::find(f).is_some(),
+            "{f} is missing (scripts/setup.sh installs the peers)"
+        );
+    }
+    let bench = benching();
+    let runs = if bench {
+        env_num("H264ENC_BENCH_RUNS").unwrap_or(3)
+    } else {
+        1
+    };
+    let frames = env_num("H264ENC_BENCH_FRAMES");
+    let only = std::env::var("H264ENC_BENCH_SIZE").ok();
+    let sizes: Vec<(u32, u32, usize)> = if bench {
+        [(1280, 720, 90), (1920, 1080, 60)]
+            .into_iter()
+            .filter(|(w, h, _)| only.as_deref().is_none_or(|s| s == format!("{w}x{h}")))
+            .collect()
+    } else {
+        vec![(160, 120, 3)]
+    };
+    let kbps = 4000;
+    println!(
+        "H.264 encoders, I420, videotestsrc pattern=smpte horizontal-speed=3 frames, \
+         {kbps} kbit/s, median of {runs} runs"
+    );
+    println!("load average before: {}", loadavg());
+    println!(
+        "{:<11} {:<30} {:>8} {:>10} {:>10} {:>7}",
+        "size", "encoder", "frames/s", "cpu ms/f", "kbit/s", "ratio"
+    );
+    println!(
+        "  (cpu ms/f: CPU time of the process per frame, all threads, last run; kbit/s: output\n   \
+         rate at 30 fps; ratio: frames/s over x264enc ultrafast zerolatency, the same library\n   \
+         in vpuh264enc's configuration)"
+    );
+    for (w, h, n) in sizes {
+        measure(w, h, frames.unwrap_or(n), runs, kbps);
+    }
+    println!("load average after: {}", loadavg());
+}

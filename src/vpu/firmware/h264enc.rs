@@ -1,0 +1,422 @@
+//! The H.264 stateful encoder engine of a session (dev-encoder.rst,
+//! emulated), on libx264 ([`crate::vpu::codec::h264enc`]).
+//!
+//! Same contract as the FWHT engine: raw frames are read from OUTPUT buffers
+//! and access units written into CAPTURE buffers, only through the shared
+//! regions (`device_read`/`device_write`, so the coherency checker judges it
+//! like DMA). Every CAPTURE buffer holds exactly one access unit, with the
+//! timestamp of the frame it codes; an IDR carries SPS and PPS and the
+//! KEYFRAME flag. A drain (`Stop`) codes every frame queued before it, takes
+//! every unit still inside the codec out, then returns one CAPTURE buffer
+//! flagged LAST; the next frame after it starts a new stream with an IDR.
+//!
+//! Unlike FWHT, input and output are decoupled: an OUTPUT buffer goes back as
+//! soon as the codec has taken the picture (the codec copies it), and units
+//! wait in `pending` for a CAPTURE buffer, so a codec that holds frames back
+//! (lookahead, frame threads) still fits. With the configuration used
+//! (`zerolatency`) every frame gives its unit at once.
+//!
+//! # The firmware core's other sessions
+//!
+//! A frame is coded inside [`H264Engine::step`], on the core thread: that is
+//! one unit of work, and the core serves its sessions round robin, one unit
+//! each per pass, so another session waits at most one frame's coding time
+//! per busy H.264 session. x264 (ultrafast, sliced threads, spreading the
+//! frame over its own threads) takes about 5.5 ms at 1280x720 and 12 ms at
+//! 1920x1080 per frame here (`benches/h264enc.rs`, the `x264enc ...
+//! zerolatency` row, on the loaded 2-core machine): well inside a 30 fps
+//! frame period, so sessions sharing the core keep their frame rates while
+//! the core has CPU left. The alternative, a coding thread per session,
+//! would take that wait away but needs a second way to wake the core when a
+//! frame is done (it sleeps on the doorbell between passes): polling would
+//! spin a CPU, and a wake-up per frame adds a hand-off on every frame. Not
+//! worth it at these costs; it is the change to make if a core must serve
+//! several 1080p60 sessions.
+
+use std::collections::VecDeque;
+
+use super::Faults;
+use super::session::{FwQueue, QueuedBuffer, Sink, control_name};
+use crate::m2m::{
+    BitrateMode, BufferFlags, Colorimetry, Format, H264Level, H264Profile, PixelFormat, QueueKind,
+};
+use crate::vpu::codec::h264enc::{self, AccessUnit, H264Encoder, H264Params};
+use crate::vpu::protocol::ctrl;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Running,
+    Stopped,
+}
+
+/// What waits for a CAPTURE buffer.
+enum Pending {
+    Unit {
+        unit: AccessUnit,
+        timestamp: u64,
+    },
+    /// A frame that could not be coded: its CAPTURE buffer carries ERROR.
+    Error {
+        timestamp: u64,
+        reason: String,
+    },
+}
+
+pub(crate) struct H264Engine {
+    codec: Option<H264Encoder>,
+    params: H264Params,
+    phase: Phase,
+    /// OUTPUT buffers still to code before the drain completes.
+    drain: Option<usize>,
+    /// The drain took the codec's last units out.
+    drain_flushed: bool,
+    force_next: bool,
+    sequence: u32,
+    /// Counter given to the codec as pts, and the timestamp of each frame
+    /// inside the codec, in order.
+    next_pts: i64,
+    in_codec: VecDeque<(i64, u64)>,
+    pending: VecDeque<Pending>,
+}
+
+impl Default for H264Engine {
+    fn default() -> H264Engine {
+        H264Engine {
+            codec: None,
+            params: H264Params::default(),
+            phase: Phase::Running,
+            drain: None,
+            drain_flushed: false,
+            force_next: false,
+            sequence: 0,
+            next_pts: 0,
+            in_codec: VecDeque::new(),
+            pending: VecDeque::new(),
+        }
+    }
+}
+
+impl H264Engine {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn set_format(
+        &mut self,
+        output: &mut FwQueue,
+        capture: &mut FwQueue,
+        queue: QueueKind,
+        pixfmt: PixelFormat,
+        width: u32,
+        height: u32,
+        colorimetry: Colorimetry,
+    ) -> Result<(), String> {
+        match queue {
+            QueueKind::Output => {
+                if !h264enc::supports(pixfmt) {
+                    return Err(format!(
+                        "the H.264 encoder takes I420, YV12, NV12 or NV21, not {pixfmt}"
+                    ));
+                }
+                let mut raw = Format::raw(pixfmt, width, height)
+                    .ok_or_else(|| format!("no {pixfmt} layout for {width}x{height}"))?;
+                raw.colorimetry = colorimetry;
+                let codec = H264Encoder::new(&raw, self.params).map_err(|e| e.to_string())?;
+                let mut coded = Format::coded(PixelFormat::H264, width, height);
+                coded.colorimetry = colorimetry;
+                self.codec = Some(codec);
+                self.in_codec.clear();
+                self.pending.clear();
+                output.format = Some(raw);
+                capture.format = Some(coded);
+            }
+            QueueKind::Capture => {
+                if pixfmt != PixelFormat::H264 {
+                    return Err(format!("encoder CAPTURE gives H264, not {pixfmt}"));
+                }
+                if capture.format.is_none() {
+                    capture.format = Some(Format::coded(
+                        PixelFormat::H264,
+                        width.max(1),
+                        height.max(1),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn set_control(&mut self, id: u32, value: u32) -> Result<(), String> {
+        let mut p = self.params;
+        let menu = |what: &str| format!("{value} is not a {what} menu index");
+        match id {
+            ctrl::GOP_SIZE => p.gop_size = value,
+            ctrl::I_FRAME_QP => p.i_frame_qp = value,
+            ctrl::P_FRAME_QP => p.p_frame_qp = value,
+            ctrl::BITRATE => p.bitrate = value,
+            ctrl::MIN_QP => p.min_qp = value,
+            ctrl::MAX_QP => p.max_qp = value,
+            ctrl::BITRATE_MODE => {
+                p.mode = BitrateMode::from_v4l2(value).ok_or_else(|| menu("bitrate mode"))?;
+            }
+            ctrl::H264_PROFILE => {
+                p.profile = H264Profile::from_v4l2(value).ok_or_else(|| menu("H.264 profile"))?;
+            }
+            ctrl::H264_LEVEL => {
+                p.level = if value == ctrl::LEVEL_AUTO {
+                    None
+                } else {
+                    Some(H264Level::from_v4l2(value).ok_or_else(|| menu("H.264 level"))?)
+                };
+            }
+            ctrl::FRAME_RATE_MHZ => {
+                if value == 0 {
+                    return Err("a frame rate of 0 is not a rate".into());
+                }
+                p.framerate = (value, 1000);
+            }
+            ctrl::FORCE_KEY_FRAME => {
+                self.force_next = true;
+                return Ok(());
+            }
+            _ => {
+                return Err(format!(
+                    "the H.264 encoder has no {} control ({id})",
+                    control_name(id)
+                ));
+            }
+        }
+        p.validate().map_err(|e| e.to_string())?;
+        // Without a format there is no codec yet: it starts from `params`.
+        if let Some(codec) = self.codec.as_mut() {
+            let rest = codec.set_params(p).map_err(|e| e.to_string())?;
+            self.take_units(rest);
+        }
+        self.params = p;
+        Ok(())
+    }
+
+    pub(crate) fn on_output_queued(&mut self, buf: &mut QueuedBuffer) {
+        if std::mem::take(&mut self.force_next) {
+            buf.flags.insert(BufferFlags::KEYFRAME);
+        }
+    }
+
+    pub(crate) fn stream_on(&mut self, queue: QueueKind) {
+        if queue == QueueKind::Capture && self.phase == Phase::Stopped {
+            self.phase = Phase::Running;
+            self.drain = None;
+        }
+    }
+
+    pub(crate) fn stream_off(&mut self, queue: QueueKind) {
+        match queue {
+            QueueKind::Output => {
+                // A flush: what is inside the codec is dropped, the stream
+                // restarts with an IDR.
+                self.drain = None;
+                self.phase = Phase::Running;
+                if let Some(codec) = self.codec.as_mut()
+                    && let Err(e) = codec.flush()
+                {
+                    log::warn!("H.264 encoder: flush on stream off: {e}");
+                }
+                self.in_codec.clear();
+                self.pending.clear();
+            }
+            QueueKind::Capture => self.pending.clear(),
+        }
+    }
+
+    pub(crate) fn stop(&mut self, output: &FwQueue) {
+        if self.phase != Phase::Stopped {
+            self.drain = Some(output.buffers.len());
+            self.drain_flushed = false;
+        }
+    }
+
+    pub(crate) fn start(&mut self) {
+        self.phase = Phase::Running;
+        self.drain = None;
+    }
+
+    /// The units the codec gave back, matched with their frames' timestamps.
+    fn take_units(&mut self, units: Vec<AccessUnit>) {
+        for unit in units {
+            let pts = unit.pts();
+            // Frames leave in order (no B-frames); skip any the codec dropped.
+            let mut timestamp = 0;
+            while let Some((p, ts)) = self.in_codec.pop_front() {
+                if p == pts {
+                    timestamp = ts;
+                    break;
+                }
+                log::warn!("H.264 encoder: the codec dropped frame {p}");
+            }
+            self.pending.push_back(Pending::Unit { unit, timestamp });
+        }
+    }
+
+    fn receive_all(&mut self) -> Result<(), String> {
+        let mut units = Vec::new();
+        if let Some(codec) = self.codec.as_mut() {
+            while let Some(u) = codec.receive().map_err(|e| e.to_string())? {
+                units.push(u);
+            }
+        }
+        self.take_units(units);
+        Ok(())
+    }
+
+    /// One unit of work; false when nothing more can happen now.
+    pub(crate) fn step(
+        &mut self,
+        output: &mut FwQueue,
+        capture: &mut FwQueue,
+        faults: &Faults,
+        sink: &mut Sink<'_>,
+    ) -> bool {
+        if self.phase != Phase::Running || !capture.streaming {
+            return false;
+        }
+        // Coded units go out first, one per CAPTURE buffer.
+        if !self.pending.is_empty()
+            && let Some(dst) = capture.buffers.pop_front()
+            && let Some(p) = self.pending.pop_front()
+        {
+            self.emit(p, dst, sink);
+            return true;
+        }
+        // Code the next frame while a unit or two may wait for a buffer.
+        if output.streaming
+            && self.pending.len() < 2
+            && self.drain.is_none_or(|n| n > 0)
+            && let Some(src) = output.buffers.pop_front()
+        {
+            self.encode(src, output.format.as_ref(), faults, sink);
+            if let Some(n) = self.drain.as_mut() {
+                *n -= 1;
+            }
+            return true;
+        }
+        if self.drain == Some(0) && self.pending.is_empty() {
+            if !self.drain_flushed {
+                self.drain_flushed = true;
+                let flushed = match self.codec.as_mut() {
+                    Some(c) => c.flush().map_err(|e| e.to_string()),
+                    None => Ok(Vec::new()),
+                };
+                match flushed {
+                    Ok(units) => self.take_units(units),
+                    Err(reason) => self.pending.push_back(Pending::Error {
+                        timestamp: 0,
+                        reason,
+                    }),
+                }
+                return true;
+            }
+            if let Some(dst) = capture.buffers.pop_front() {
+                sink.done(
+                    QueueKind::Capture,
+                    &dst,
+                    0,
+                    BufferFlags::LAST,
+                    self.sequence,
+                    "",
+                );
+                self.phase = Phase::Stopped;
+                self.drain = None;
+                return true;
+            }
+        }
+        false
+    }
+
+    fn emit(&mut self, p: Pending, dst: QueuedBuffer, sink: &mut Sink<'_>) {
+        let seq = self.sequence;
+        self.sequence = self.sequence.wrapping_add(1);
+        let (timestamp, result) = match p {
+            Pending::Unit { unit, timestamp } => {
+                let data = unit.data();
+                let mut out = dst.region.device_write();
+                let r = match out.get_mut(..data.len()) {
+                    Some(o) => {
+                        o.copy_from_slice(data);
+                        Ok((data.len(), unit.keyframe()))
+                    }
+                    None => Err(format!(
+                        "a {}-byte access unit does not fit the {}-byte CAPTURE buffer {}",
+                        data.len(),
+                        out.len(),
+                        dst.index
+                    )),
+                };
+                (timestamp, r)
+            }
+            Pending::Error { timestamp, reason } => (timestamp, Err(reason)),
+        };
+        let dst = QueuedBuffer { timestamp, ..dst };
+        match result {
+            Ok((bytes, key)) => {
+                let kind = if key {
+                    BufferFlags::KEYFRAME
+                } else {
+                    BufferFlags::PFRAME
+                };
+                sink.done(QueueKind::Capture, &dst, bytes, kind, seq, "");
+            }
+            Err(reason) => sink.done(
+                QueueKind::Capture,
+                &dst,
+                0,
+                BufferFlags::ERROR,
+                seq,
+                &reason,
+            ),
+        }
+    }
+
+    fn encode(
+        &mut self,
+        src: QueuedBuffer,
+        raw: Option<&Format>,
+        faults: &Faults,
+        sink: &mut Sink<'_>,
+    ) {
+        let pts = self.next_pts;
+        let result = match (self.codec.as_mut(), raw) {
+            (Some(codec), Some(raw)) if src.bytesused >= raw.size => {
+                let idr = src.flags.contains(BufferFlags::KEYFRAME);
+                let input = src.region.device_read();
+                codec
+                    .encode(&input[..raw.size], pts, idr)
+                    .map_err(|e| e.to_string())
+            }
+            (Some(_), Some(raw)) => Err(format!(
+                "OUTPUT buffer {} holds {} bytes, a {}x{} {} frame needs {}",
+                src.index, src.bytesused, raw.width, raw.height, raw.pixelformat, raw.size
+            )),
+            _ => Err("OUTPUT has no format".to_owned()),
+        };
+        let delay = faults.frame_delay();
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        sink.done(
+            QueueKind::Output,
+            &src,
+            src.bytesused,
+            BufferFlags::NONE,
+            0,
+            "",
+        );
+        let received = result.and_then(|()| {
+            self.next_pts += 1;
+            self.in_codec.push_back((pts, src.timestamp));
+            self.receive_all()
+        });
+        if let Err(reason) = received {
+            self.pending.push_back(Pending::Error {
+                timestamp: src.timestamp,
+                reason,
+            });
+        }
+    }
+}
