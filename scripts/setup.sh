@@ -21,6 +21,9 @@ packages=(
   # crates, libclang for v4l2r's bindgen, nasm for openh264, meson/ninja.
   build-essential pkg-config libclang-dev nasm meson ninja-build git ca-certificates
   xz-utils
+  # FFmpeg 5.1's libavcodec (+ libavformat, which the ffmpeg-next binding's
+  # packet API needs) for the emulated VPU's H.264 decoder engine.
+  libavcodec-dev libavformat-dev libavutil-dev
 )
 # Linux 6.12 uapi headers for v4l2r 0.0.8 (see README, "Why v4l2r 0.0.8"),
 # pinned to the version ../shared/vm builds its kernel modules from: that

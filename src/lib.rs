@@ -21,10 +21,14 @@ mod typefind;
 #[path = "../plugins/allocator/mod.rs"]
 pub mod allocator;
 
+#[path = "../plugins/decoder/mod.rs"]
+mod decoder;
 #[path = "../plugins/vpufwhtdec/mod.rs"]
 mod vpufwhtdec;
 #[path = "../plugins/vpufwhtenc/mod.rs"]
 mod vpufwhtenc;
+#[path = "../plugins/vpuh264dec/mod.rs"]
+mod vpuh264dec;
 
 use gst::glib;
 
@@ -33,6 +37,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     common::log_bridge::install();
     typefind::register(plugin)?;
     vpufwhtdec::register(plugin)?;
+    vpuh264dec::register(plugin)?;
     vpufwhtenc::register(plugin)?;
     Ok(())
 }

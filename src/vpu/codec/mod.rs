@@ -1,3 +1,4 @@
 //! Codec engines run by the VPU firmware.
 
 pub mod fwht;
+pub mod h264;

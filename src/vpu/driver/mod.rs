@@ -368,7 +368,7 @@ impl EmuVpu {
 
     /// Opens a session, typed (see [`Device::open`]).
     pub fn open_session(&self, role: Role, codec: PixelFormat) -> Result<EmuSession, M2mError> {
-        if codec != PixelFormat::Fwht {
+        if !CODECS.contains(&(role, codec)) {
             return Err(M2mError::Unsupported { role, codec });
         }
         let core = &self.inner.core;
@@ -391,6 +391,13 @@ impl EmuVpu {
     }
 }
 
+/// What the firmware's engines code (`firmware/session.rs`).
+const CODECS: &[(Role, PixelFormat)] = &[
+    (Role::Decoder, PixelFormat::Fwht),
+    (Role::Encoder, PixelFormat::Fwht),
+    (Role::Decoder, PixelFormat::H264),
+];
+
 fn ring_error(e: RingError) -> M2mError {
     match e {
         RingError::Memory(m) => M2mError::Memory(m),
@@ -403,10 +410,7 @@ impl Device for EmuVpu {
         DeviceInfo {
             name: "rsvpu emulated VPU".into(),
             kind: DeviceKind::Emulated,
-            codecs: vec![
-                (Role::Decoder, PixelFormat::Fwht),
-                (Role::Encoder, PixelFormat::Fwht),
-            ],
+            codecs: CODECS.to_vec(),
         }
     }
 

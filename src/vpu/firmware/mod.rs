@@ -14,6 +14,7 @@
 
 mod decoder;
 mod encoder;
+mod h264dec;
 mod session;
 
 use std::collections::{HashMap, VecDeque};

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::decoder::Decoder;
 use super::encoder::Encoder;
+use super::h264dec::H264Dec;
 use super::{Faults, Outbox};
 use crate::m2m::{BufferFlags, Format, PixelFormat, QueueKind, Role};
 use crate::mem::Region;
@@ -42,6 +43,7 @@ pub(crate) struct FwQueue {
 /// The engine of a session.
 enum Engine {
     Decoder(Box<Decoder>),
+    H264Decoder(Box<H264Dec>),
     Encoder(Box<Encoder>),
 }
 
@@ -101,6 +103,7 @@ impl FwSession {
         let engine = match (PixelFormat::from_fourcc(codec), role) {
             (Some(PixelFormat::Fwht), Role::Decoder) => Engine::Decoder(Box::default()),
             (Some(PixelFormat::Fwht), Role::Encoder) => Engine::Encoder(Box::default()),
+            (Some(PixelFormat::H264), Role::Decoder) => Engine::H264Decoder(Box::default()),
             _ => {
                 let name = String::from_utf8_lossy(&codec.to_le_bytes()).into_owned();
                 return Err(format!("this VPU has no {role} for {name:?}"));
@@ -158,6 +161,15 @@ impl FwSession {
                 }
                 match &mut self.engine {
                     Engine::Decoder(d) => d.set_format(
+                        &mut self.output,
+                        &mut self.capture,
+                        queue,
+                        pixfmt,
+                        width,
+                        height,
+                        colorimetry,
+                    ),
+                    Engine::H264Decoder(d) => d.set_format(
                         &mut self.output,
                         &mut self.capture,
                         queue,
@@ -266,13 +278,15 @@ impl FwSession {
             }
             Command::StreamOn { queue } => {
                 if self.queue_mut(queue).format.is_none()
-                    && !(queue == QueueKind::Output && matches!(self.engine, Engine::Decoder(_)))
+                    && !(queue == QueueKind::Output
+                        && matches!(self.engine, Engine::Decoder(_) | Engine::H264Decoder(_)))
                 {
                     return Err((Status::BadState, format!("{queue} has no format")));
                 }
                 self.queue_mut(queue).streaming = true;
                 match &mut self.engine {
                     Engine::Decoder(d) => d.stream_on(queue),
+                    Engine::H264Decoder(d) => d.stream_on(queue),
                     Engine::Encoder(e) => e.stream_on(queue),
                 }
                 Ok(Some(()))
@@ -283,6 +297,7 @@ impl FwSession {
                 q.buffers.clear();
                 match &mut self.engine {
                     Engine::Decoder(d) => d.stream_off(queue),
+                    Engine::H264Decoder(d) => d.stream_off(queue),
                     Engine::Encoder(e) => e.stream_off(queue),
                 }
                 Ok(Some(()))
@@ -290,6 +305,7 @@ impl FwSession {
             Command::Stop => {
                 match &mut self.engine {
                     Engine::Decoder(d) => d.stop(&self.output),
+                    Engine::H264Decoder(d) => d.stop(&self.output),
                     Engine::Encoder(e) => e.stop(&self.output),
                 }
                 Ok(Some(()))
@@ -297,6 +313,7 @@ impl FwSession {
             Command::Start => {
                 match &mut self.engine {
                     Engine::Decoder(d) => d.start(),
+                    Engine::H264Decoder(d) => d.start(),
                     Engine::Encoder(e) => e.start(),
                 }
                 Ok(Some(()))
@@ -304,7 +321,7 @@ impl FwSession {
             Command::SetControl { id, value } => {
                 match &mut self.engine {
                     Engine::Encoder(e) => e.set_control(id, value).map_err(bad)?,
-                    Engine::Decoder(_) => {
+                    Engine::Decoder(_) | Engine::H264Decoder(_) => {
                         return Err(bad(format!("control {id} does not apply to a decoder")));
                     }
                 }
@@ -322,6 +339,9 @@ impl FwSession {
         };
         match &mut self.engine {
             Engine::Decoder(d) => d.step(&mut self.output, &mut self.capture, faults, &mut sink),
+            Engine::H264Decoder(d) => {
+                d.step(&mut self.output, &mut self.capture, faults, &mut sink)
+            }
             Engine::Encoder(e) => e.step(&mut self.output, &mut self.capture, faults, &mut sink),
         }
     }
