@@ -125,9 +125,15 @@ fn run(coded: &Coded, decoder: &str) -> (f64, f64, u64) {
     let (t0, c0) = (Instant::now(), cpu_secs());
     pipeline.set_state(gst::State::Playing).unwrap();
     for b in &coded.units {
-        src.emit_by_name::<gst::FlowReturn>("push-buffer", &[b]);
+        let ret = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[b]);
+        assert_eq!(
+            ret,
+            gst::FlowReturn::Ok,
+            "{decoder}: appsrc refused a buffer"
+        );
     }
-    src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    let ret = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    assert_eq!(ret, gst::FlowReturn::Ok, "{decoder}: appsrc refused EOS");
     let msg = pipeline.bus().unwrap().timed_pop_filtered(
         gst::ClockTime::from_seconds(300),
         &[gst::MessageType::Eos, gst::MessageType::Error],

@@ -5,7 +5,7 @@
 //! refused profiles; corrupt and truncated input; EOS after 0, 1 and 2
 //! frames; a mid-stream resolution change; a flushing seek.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use gst::prelude::*;
 use gst_video::prelude::*;
@@ -238,7 +238,7 @@ fn mp4(name: &str, frames: u32) -> PathBuf {
 }
 
 /// Decodes a file with `decoder` (an element chain ending in raw video).
-fn decode_file(path: &PathBuf, decoder: &str) -> (Vec<Picture>, gst::Pipeline) {
+fn decode_file(path: &Path, decoder: &str) -> (Vec<Picture>, gst::Pipeline) {
     let pipeline = launch(&format!(
         "filesrc location={} ! {decoder} ! videoconvert ! video/x-raw,format=I420 ! \
          appsink name=sink sync=false",
