@@ -16,6 +16,9 @@
 //! ERROR and the reason (rejected, damaged, or no picture came out of it),
 //! or empty without ERROR when it holds no slice (parameter sets only).
 //!
+//! The codec library (libavcodec) was chosen by measurement: figures and
+//! reason in [`crate::vpu::codec::h264`] and the README.
+//!
 //! Sharing the core: one access unit per step, and libavcodec's frame
 //! threads do the decoding, so a step costs the parse of one access unit
 //! plus the copy of at most one picture; FWHT sessions on the same core wait
