@@ -7,8 +7,10 @@
 //! x264enc (High profile, 2 B-frames, 4 Mbit/s at 720p, 8 Mbit/s at 1080p)
 //! into memory before anything is timed. Each decoder then runs
 //! `appsrc ! h264parse ! DECODER ! fakesink sync=false` over the same
-//! access units: the pipeline is brought to READY first, the clock runs from
-//! PLAYING to EOS on the bus.
+//! access units, the fakesink answering the ALLOCATION query with
+//! GstVideoMeta (as display and encoder sinks do, so no decoder copies a
+//! frame into GStreamer's default layout for it): the pipeline is brought to
+//! READY first, the clock runs from PLAYING to EOS on the bus.
 //!
 //! Per row: frames/s (wall) and CPU milliseconds per frame (all threads of
 //! the process, from `/proc/self/task/*/schedstat`, read at EOS), median of
@@ -105,8 +107,22 @@ fn encode(pattern: &str, w: u32, h: u32, frames: usize) -> Coded {
 fn run(coded: &Coded, decoder: &str) -> (f64, f64, u64) {
     let pipeline = launch(&format!(
         "appsrc name=src format=time ! h264parse ! {decoder} ! \
-         identity name=count silent=true ! fakesink sync=false"
+         identity name=count silent=true ! fakesink name=sink sync=false"
     ));
+    // The sink takes GstVideoMeta, as display and encoder sinks do: every
+    // decoder may then hand over frames in its own layout (the VPU's stores
+    // 1080 rows as 1088) instead of copying them for fakesink.
+    pipeline
+        .by_name("sink")
+        .unwrap()
+        .static_pad("sink")
+        .unwrap()
+        .add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, |_, info| {
+            if let Some(gst::QueryViewMut::Allocation(q)) = info.query_mut().map(|q| q.view_mut()) {
+                q.add_allocation_meta::<gst_video::VideoMeta>(None);
+            }
+            gst::PadProbeReturn::Ok
+        });
     let src = pipeline.by_name("src").unwrap();
     src.set_property("caps", &coded.caps);
     src.set_property("max-bytes", 0u64);
