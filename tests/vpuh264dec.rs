@@ -573,3 +573,33 @@ fn flushing_seek_restarts_cleanly() {
     pipeline.set_state(gst::State::Null).unwrap();
     let _ = std::fs::remove_file(path);
 }
+
+#[test]
+fn h264_and_fwht_sessions_share_the_vpu_core() {
+    init();
+    // One emulated VPU core per process: an H.264 session (B-frames, 720p)
+    // and an FWHT encode + decode run on it at the same time, and both
+    // finish with every frame.
+    let coded = encode("high", 1280, 720, 60, "bframes=2");
+    let fwht = launch(
+        "videotestsrc num-buffers=60 pattern=ball ! \
+         video/x-raw,format=I420,width=640,height=480,framerate=30/1 ! \
+         vpufwhtenc ! vpufwhtdec ! appsink name=sink sync=false",
+    );
+    let fwht_sink = fwht.by_name("sink").unwrap();
+    fwht.set_state(gst::State::Playing).unwrap();
+    let fwht_frames = std::thread::spawn(move || {
+        let mut n = 0;
+        while try_pull_sample(&fwht_sink).is_some() {
+            n += 1;
+        }
+        assert!(fwht_sink.property::<bool>("eos"), "FWHT pipeline: EOS");
+        n
+    });
+    let (pictures, h264) = decode_with(&coded, "h264parse ! vpuh264dec");
+    assert_eq!(pictures.len(), 60, "H.264 frames");
+    assert_eq!(fwht_frames.join().unwrap(), 60, "FWHT frames");
+    assert_no_error(&fwht);
+    fwht.set_state(gst::State::Null).unwrap();
+    h264.set_state(gst::State::Null).unwrap();
+}
