@@ -73,7 +73,7 @@ fn run_openh264(aus: &[&[u8]], out: &mut Vec<Vec<u8>>) {
     use openh264::decoder::Decoder;
     use openh264::formats::YUVSource;
     let mut dec = Decoder::new().unwrap();
-    let mut push = |y: &openh264::decoder::DecodedYUV, out: &mut Vec<Vec<u8>>| {
+    let push = |y: &openh264::decoder::DecodedYUV, out: &mut Vec<Vec<u8>>| {
         let (w, h) = y.dimensions();
         let mut v = Vec::with_capacity(frame_size(w, h));
         let (ys, us, vs) = y.strides();
@@ -100,6 +100,9 @@ fn run_openh264(aus: &[&[u8]], out: &mut Vec<Vec<u8>>) {
     }
 }
 
+/// A decoder under test: fills the vector with I420 frames.
+type Candidate<'a> = Box<dyn Fn(&mut Vec<Vec<u8>>) + 'a>;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = &args[1];
@@ -114,7 +117,7 @@ fn main() {
             };
             let fs = frame_size(w, h);
             let refs: Vec<&[u8]> = reference.chunks(fs).collect();
-            let cands: Vec<(&str, Box<dyn Fn(&mut Vec<Vec<u8>>)>)> = vec![
+            let cands: Vec<(&str, Candidate)> = vec![
                 (
                     "libavcodec 1 thread",
                     Box::new(|o: &mut Vec<Vec<u8>>| run_ffmpeg(&aus, 1, o)),
