@@ -21,9 +21,10 @@ packages=(
   # crates, libclang for v4l2r's bindgen, nasm for openh264, meson/ninja.
   build-essential pkg-config libclang-dev nasm meson ninja-build git ca-certificates
   xz-utils
-  # vpuh264enc on the emulated VPU: libx264 through FFmpeg 5.1's libavcodec
-  # (ffmpeg-sys-next runs bindgen against these headers and links them;
-  # libavcodec59 pulls in libx264-164).
+  # FFmpeg 5.1's libavcodec for the emulated VPU's H.264 engines: decoding,
+  # and encoding with libx264 (libavcodec59 pulls in libx264-164);
+  # ffmpeg-sys-next runs bindgen against these headers. libavformat: the
+  # ffmpeg-next binding's packet API needs it.
   libavcodec-dev libavformat-dev libavutil-dev
 )
 # Linux 6.12 uapi headers for v4l2r 0.0.8 (see README, "Why v4l2r 0.0.8"),

@@ -23,12 +23,16 @@ mod typefind;
 #[path = "../plugins/allocator/mod.rs"]
 pub mod allocator;
 
+#[path = "../plugins/decoder/mod.rs"]
+mod decoder;
 #[path = "../plugins/encoder/mod.rs"]
 mod encoder;
 #[path = "../plugins/vpufwhtdec/mod.rs"]
 mod vpufwhtdec;
 #[path = "../plugins/vpufwhtenc/mod.rs"]
 mod vpufwhtenc;
+#[path = "../plugins/vpuh264dec/mod.rs"]
+mod vpuh264dec;
 #[path = "../plugins/vpuh264enc/mod.rs"]
 mod vpuh264enc;
 
@@ -39,6 +43,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     common::log_bridge::install();
     typefind::register(plugin)?;
     vpufwhtdec::register(plugin)?;
+    vpuh264dec::register(plugin)?;
     vpufwhtenc::register(plugin)?;
     vpuh264enc::register(plugin)?;
     Ok(())

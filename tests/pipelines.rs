@@ -58,6 +58,20 @@ fn encode_h264_round_trips_through_mp4() {
 }
 
 #[test]
+fn decode_h264_matches_avdec_h264() {
+    run(
+        "decode-h264.sh",
+        &[],
+        "decode-h264: OK, 60 frames identical to avdec_h264 (640x360 high)",
+    );
+    run(
+        "decode-h264.sh",
+        &["30", "320", "240", "constrained-baseline"],
+        "decode-h264: OK, 30 frames identical to avdec_h264 (320x240 constrained-baseline)",
+    );
+}
+
+#[test]
 fn display_example_runs_or_says_why_not() {
     // Shows a window where a display exists; says SKIPPED otherwise.
     let has_display =

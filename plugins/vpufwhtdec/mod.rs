@@ -1,13 +1,11 @@
 //! `vpufwhtdec`: FWHT video decoder on a VPU (V4L2 stateful M2M model).
 //!
-//! A GstVideoDecoder in parse mode: unframed FWHT input (a plain `.fwht`
-//! file) is cut at frame boundaries from the FWHT header, each frame goes to
-//! the VPU in one OUTPUT buffer, and decoded frames leave as the VPU's own
-//! CAPTURE memory (fd or dma-buf, with a GstVideoMeta), which returns to the
-//! VPU when downstream drops it. See `imp.rs` for the element and
-//! `engine.rs` for the VPU side and its threads.
+//! A subclass of the shared VPU decoder ([`crate::decoder`]) in parse mode:
+//! unframed FWHT input (a plain `.fwht` file) is cut at frame boundaries
+//! from the FWHT header, each frame goes to the VPU in one OUTPUT buffer,
+//! and decoded frames leave as the VPU's own CAPTURE memory (fd or dma-buf,
+//! with a GstVideoMeta), which returns to the VPU when downstream drops it.
 
-mod engine;
 mod imp;
 
 use gst::glib;
@@ -15,7 +13,7 @@ use gst::prelude::*;
 
 glib::wrapper! {
     pub struct VpuFwhtDec(ObjectSubclass<imp::VpuFwhtDec>)
-        @extends gst_video::VideoDecoder, gst::Element, gst::Object;
+        @extends crate::decoder::VpuDec, gst_video::VideoDecoder, gst::Element, gst::Object;
 }
 
 /// Registers `vpufwhtdec`.
@@ -27,7 +25,8 @@ glib::wrapper! {
 /// it is the only FWHT decoder that always works. No software FWHT decoder
 /// exists to compete with.
 pub(crate) fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
-    imp::MemoryPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    crate::decoder::register_api();
+    crate::decoder::register_codec(VpuFwhtDec::static_type(), &imp::CODEC);
     gst::Element::register(
         Some(plugin),
         "vpufwhtdec",

@@ -1,4 +1,5 @@
 //! Codec engines run by the VPU firmware.
 
 pub mod fwht;
+pub mod h264;
 pub mod h264enc;

@@ -370,6 +370,7 @@ impl EmuVpu {
     pub const CODECS: &'static [(Role, PixelFormat)] = &[
         (Role::Decoder, PixelFormat::Fwht),
         (Role::Encoder, PixelFormat::Fwht),
+        (Role::Decoder, PixelFormat::H264),
         (Role::Encoder, PixelFormat::H264),
     ];
 

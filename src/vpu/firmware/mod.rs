@@ -14,6 +14,7 @@
 
 mod decoder;
 mod encoder;
+mod h264dec;
 mod h264enc;
 mod session;
 

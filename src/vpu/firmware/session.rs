@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::decoder::Decoder;
 use super::encoder::Encoder;
+use super::h264dec::H264Dec;
 use super::h264enc::H264Engine;
 use super::{Faults, Outbox};
 use crate::m2m::{BufferFlags, Format, PixelFormat, PlaneLayout, QueueKind, Role};
@@ -43,6 +44,7 @@ pub(crate) struct FwQueue {
 /// The engine of a session.
 enum Engine {
     Decoder(Box<Decoder>),
+    H264Decoder(Box<H264Dec>),
     Encoder(Box<Encoder>),
     H264Encoder(Box<H264Engine>),
 }
@@ -104,6 +106,7 @@ impl FwSession {
             (Some(PixelFormat::Fwht), Role::Decoder) => Engine::Decoder(Box::default()),
             (Some(PixelFormat::Fwht), Role::Encoder) => Engine::Encoder(Box::default()),
             (Some(PixelFormat::H264), Role::Encoder) => Engine::H264Encoder(Box::default()),
+            (Some(PixelFormat::H264), Role::Decoder) => Engine::H264Decoder(Box::default()),
             _ => {
                 let name = String::from_utf8_lossy(&codec.to_le_bytes()).into_owned();
                 return Err(format!("this VPU has no {role} for {name:?}"));
@@ -161,6 +164,15 @@ impl FwSession {
                 }
                 match &mut self.engine {
                     Engine::Decoder(d) => d.set_format(
+                        &mut self.output,
+                        &mut self.capture,
+                        queue,
+                        pixfmt,
+                        width,
+                        height,
+                        colorimetry,
+                    ),
+                    Engine::H264Decoder(d) => d.set_format(
                         &mut self.output,
                         &mut self.capture,
                         queue,
@@ -272,7 +284,7 @@ impl FwSession {
                     match &mut self.engine {
                         Engine::Encoder(e) => e.on_output_queued(&mut buf),
                         Engine::H264Encoder(e) => e.on_output_queued(&mut buf),
-                        Engine::Decoder(_) => {}
+                        Engine::Decoder(_) | Engine::H264Decoder(_) => {}
                     }
                 }
                 self.queue_mut(queue).buffers.push_back(buf);
@@ -280,13 +292,15 @@ impl FwSession {
             }
             Command::StreamOn { queue } => {
                 if self.queue_mut(queue).format.is_none()
-                    && !(queue == QueueKind::Output && matches!(self.engine, Engine::Decoder(_)))
+                    && !(queue == QueueKind::Output
+                        && matches!(self.engine, Engine::Decoder(_) | Engine::H264Decoder(_)))
                 {
                     return Err((Status::BadState, format!("{queue} has no format")));
                 }
                 self.queue_mut(queue).streaming = true;
                 match &mut self.engine {
                     Engine::Decoder(d) => d.stream_on(queue),
+                    Engine::H264Decoder(d) => d.stream_on(queue),
                     Engine::Encoder(e) => e.stream_on(queue),
                     Engine::H264Encoder(e) => e.stream_on(queue),
                 }
@@ -298,6 +312,7 @@ impl FwSession {
                 q.buffers.clear();
                 match &mut self.engine {
                     Engine::Decoder(d) => d.stream_off(queue),
+                    Engine::H264Decoder(d) => d.stream_off(queue),
                     Engine::Encoder(e) => e.stream_off(queue),
                     Engine::H264Encoder(e) => e.stream_off(queue),
                 }
@@ -306,6 +321,7 @@ impl FwSession {
             Command::Stop => {
                 match &mut self.engine {
                     Engine::Decoder(d) => d.stop(&self.output),
+                    Engine::H264Decoder(d) => d.stop(&self.output),
                     Engine::Encoder(e) => e.stop(&self.output),
                     Engine::H264Encoder(e) => e.stop(&self.output),
                 }
@@ -314,6 +330,7 @@ impl FwSession {
             Command::Start => {
                 match &mut self.engine {
                     Engine::Decoder(d) => d.start(),
+                    Engine::H264Decoder(d) => d.start(),
                     Engine::Encoder(e) => e.start(),
                     Engine::H264Encoder(e) => e.start(),
                 }
@@ -323,7 +340,7 @@ impl FwSession {
                 match &mut self.engine {
                     Engine::Encoder(e) => e.set_control(id, value).map_err(bad)?,
                     Engine::H264Encoder(e) => e.set_control(id, value).map_err(bad)?,
-                    Engine::Decoder(_) => {
+                    Engine::Decoder(_) | Engine::H264Decoder(_) => {
                         return Err(bad(format!("control {id} does not apply to a decoder")));
                     }
                 }
@@ -374,6 +391,12 @@ impl FwSession {
                     .collect();
                 match &mut self.engine {
                     Engine::Decoder(d) => d.set_layout(&mut self.capture, queue, format),
+                    Engine::H264Decoder(_) => {
+                        return Err((
+                            Status::Unsupported,
+                            "the H.264 decoder writes frames in its own CAPTURE layout only".into(),
+                        ));
+                    }
                     Engine::Encoder(_) | Engine::H264Encoder(_) => {
                         return Err((
                             Status::Unsupported,
@@ -396,6 +419,9 @@ impl FwSession {
         };
         match &mut self.engine {
             Engine::Decoder(d) => d.step(&mut self.output, &mut self.capture, faults, &mut sink),
+            Engine::H264Decoder(d) => {
+                d.step(&mut self.output, &mut self.capture, faults, &mut sink)
+            }
             Engine::Encoder(e) => e.step(&mut self.output, &mut self.capture, faults, &mut sink),
             Engine::H264Encoder(e) => {
                 e.step(&mut self.output, &mut self.capture, faults, &mut sink)
