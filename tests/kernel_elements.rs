@@ -244,3 +244,68 @@ fn srgb_and_rgb_streams_do_not_stall_the_decoder() {
         eprintln!("{test}: no v4l2fwhtenc element here; its stream was not tried");
     }
 }
+
+#[test]
+fn extra_controls_reach_the_kernel_node_by_name() {
+    let test = "extra_controls_reach_the_kernel_node_by_name";
+    if !nodes(test) {
+        return;
+    }
+    // "video-gop-size" is not the element's own spelling: the node finds
+    // it by its normalised v4l2-ctl name (video_gop_size) and every frame
+    // becomes a key frame; an unknown name is a warning naming the node's.
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=6 pattern=ball ! {RAW} ! vpufwhtenc name=vpu device={ENC} \
+         extra-controls=\"controls,video-gop-size=1,no_such_control=3\" ! fakesink name=sink"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let keys = Arc::new(Mutex::new(Vec::new()));
+    {
+        let keys = Arc::clone(&keys);
+        let sink = pipeline.by_name("sink").unwrap();
+        sink.static_pad("sink")
+            .unwrap()
+            .add_probe(gst::PadProbeType::BUFFER, move |_, info| {
+                if let Some(b) = info.buffer() {
+                    let key = !b.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                    keys.lock().unwrap().push(key);
+                }
+                gst::PadProbeReturn::Ok
+            });
+    }
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let bus = pipeline.bus().unwrap();
+    let mut warnings = Vec::new();
+    loop {
+        let msg = bus
+            .timed_pop_filtered(
+                gst::ClockTime::from_seconds(60),
+                &[
+                    gst::MessageType::Eos,
+                    gst::MessageType::Error,
+                    gst::MessageType::Warning,
+                ],
+            )
+            .expect("EOS within 60 s");
+        match msg.view() {
+            gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
+            gst::MessageView::Eos(_) => break,
+            gst::MessageView::Error(e) => panic!("{}", e.error()),
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(
+        *keys.lock().unwrap(),
+        vec![true; 6],
+        "GOP 1 from extra-controls"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("no_such_control") && w.contains("video_gop_size")),
+        "{warnings:?}"
+    );
+}

@@ -97,6 +97,9 @@ struct Settings {
     memory_policy: MemoryPolicy,
     /// The `extra-controls` structure as last set.
     extra_controls: Option<gst::Structure>,
+    /// `extra-controls` fields beyond the table, for a kernel node to look
+    /// up by name (`device=/dev/videoN` only).
+    named_controls: Vec<(String, i64)>,
 }
 
 impl Default for Settings {
@@ -108,6 +111,7 @@ impl Default for Settings {
             device: DeviceChoice::Auto,
             memory_policy: MemoryPolicy::Auto,
             extra_controls: None,
+            named_controls: Vec::new(),
         }
     }
 }
@@ -155,6 +159,8 @@ pub struct VpuFwhtEnc {
     /// Controls set since the streaming setup started, not yet given to the
     /// VPU: the streaming thread applies them before the next frame.
     pending: Mutex<Vec<Control>>,
+    /// Named controls set since the streaming setup started (kernel nodes).
+    pending_named: Mutex<Vec<(String, i64)>>,
     /// An element error was posted for the current run: post no second one.
     error_posted: AtomicBool,
 }
@@ -204,14 +210,27 @@ enum ExtraControlError {
 
 /// The controls in an `extra-controls` structure, in field order, and what
 /// was wrong with the fields that are not taken.
-fn parse_extra_controls(s: &gst::StructureRef) -> (Vec<Control>, Vec<ExtraControlError>) {
-    let mut controls = Vec::new();
-    let mut errors = Vec::new();
+/// Parsed `extra-controls`: the table's controls, integer fields with other
+/// names (a kernel node may have them), and what was wrong with the rest.
+#[derive(Debug, Default)]
+struct ExtraControls {
+    controls: Vec<Control>,
+    named: Vec<(String, i64)>,
+    errors: Vec<ExtraControlError>,
+}
+
+/// The controls in an `extra-controls` structure, in field order. With
+/// `by_name` (a kernel node), fields beyond the table are kept for the node
+/// to look up; without, they are errors.
+fn parse_extra_controls(s: &gst::StructureRef, by_name: bool) -> ExtraControls {
+    let mut out = ExtraControls::default();
     for (name, value) in s.iter() {
-        let Some(&(_, make, (min, max))) = EXTRA_CONTROLS.iter().find(|(n, ..)| *n == name) else {
-            errors.push(ExtraControlError::Unknown(name.to_string()));
+        let known = EXTRA_CONTROLS.iter().find(|(n, ..)| *n == name);
+        if known.is_none() && !by_name {
+            out.errors
+                .push(ExtraControlError::Unknown(name.to_string()));
             continue;
-        };
+        }
         let v = value
             .get::<i32>()
             .map(i64::from)
@@ -219,15 +238,19 @@ fn parse_extra_controls(s: &gst::StructureRef) -> (Vec<Control>, Vec<ExtraContro
             .or_else(|_| value.get::<i64>())
             .or_else(|_| value.get::<u64>().map(|v| v.min(i64::MAX as u64) as i64));
         let Ok(v) = v else {
-            errors.push(ExtraControlError::NotAnInteger {
+            out.errors.push(ExtraControlError::NotAnInteger {
                 name: name.to_string(),
                 found: format!("{value:?}"),
             });
             continue;
         };
+        let Some(&(_, make, (min, max))) = known else {
+            out.named.push((name.to_string(), v));
+            continue;
+        };
         match u32::try_from(v) {
-            Ok(u) if (min..=max).contains(&u) => controls.push(make(u)),
-            _ => errors.push(ExtraControlError::OutOfRange {
+            Ok(u) if (min..=max).contains(&u) => out.controls.push(make(u)),
+            _ => out.errors.push(ExtraControlError::OutOfRange {
                 name: name.to_string(),
                 value: v,
                 min,
@@ -235,7 +258,7 @@ fn parse_extra_controls(s: &gst::StructureRef) -> (Vec<Control>, Vec<ExtraContro
             }),
         }
     }
-    (controls, errors)
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -466,7 +489,8 @@ impl VpuFwhtEnc {
     /// after it was set, at the cost of one pipeline bubble per change.
     fn apply_pending(&self, engine: &Engine) -> Result<(), gst::FlowError> {
         let pending = std::mem::take(&mut *lock(&self.pending));
-        if pending.is_empty() {
+        let named = std::mem::take(&mut *lock(&self.pending_named));
+        if pending.is_empty() && named.is_empty() {
             return Ok(());
         }
         loop {
@@ -483,7 +507,24 @@ impl VpuFwhtEnc {
                 gst::warning!(CAT, imp = self, "the VPU refused {control:?}: {e}");
             }
         }
+        self.apply_named(engine.session(), &named);
         Ok(())
+    }
+
+    /// Gives `extra-controls` fields beyond the table to a kernel node by
+    /// name; one it refuses is a warning naming it.
+    fn apply_named(&self, session: &dyn Session, named: &[(String, i64)]) {
+        for (name, value) in named {
+            gst::debug!(CAT, imp = self, "applying control {name}={value}");
+            if let Err(e) = session.set_named_control(name, *value) {
+                gst::warning!(CAT, imp = self, "extra-controls: {e}: ignored");
+                gst::element_imp_warning!(
+                    self,
+                    gst::ResourceError::Settings,
+                    ("extra-controls: {e}: ignored")
+                );
+            }
+        }
     }
 
     /// Records `controls` in the settings and queues them for the VPU.
@@ -586,9 +627,12 @@ impl ObjectImpl for VpuFwhtEnc {
                          for the v4l2 elements: \"controls,video_gop_size=5,\
                          fwht_i_frame_qp_value=10,fwht_p_frame_qp_value=30\". They set \
                          the same values as gop-size, i-frame-qp and p-frame-qp (the \
-                         last one set wins); an unknown name or a value out of range \
-                         is ignored with a warning naming it. Changes in PLAYING apply \
-                         from the next frame the encoder receives, as for those properties",
+                         last one set wins). On a kernel node (device=/dev/videoN set \
+                         before this property) any other integer control is looked up \
+                         by that name on the node. An unknown name or a value out of \
+                         range is ignored with a warning naming it. Changes in PLAYING \
+                         apply from the next frame the encoder receives, as for those \
+                         properties",
                     )
                     .mutable_playing()
                     .build(),
@@ -652,10 +696,15 @@ impl ObjectImpl for VpuFwhtEnc {
             }
             "extra-controls" => {
                 let s: Option<gst::Structure> = value.get().expect("type checked upstream");
+                settings.named_controls.clear();
                 if let Some(s) = &s {
-                    let (controls, errors) = parse_extra_controls(s);
-                    self.set_controls(&mut settings, &controls);
-                    rejected = errors;
+                    // A kernel node looks other names up when streaming.
+                    let by_name = matches!(settings.device, DeviceChoice::Path(_));
+                    let parsed = parse_extra_controls(s, by_name);
+                    self.set_controls(&mut settings, &parsed.controls);
+                    rejected = parsed.errors;
+                    lock(&self.pending_named).extend(parsed.named.iter().cloned());
+                    settings.named_controls = parsed.named;
                 }
                 settings.extra_controls = s;
             }
@@ -860,9 +909,14 @@ impl VideoEncoderImpl for VpuFwhtEnc {
         // The new setup starts from the settings: what was pending is in
         // them (a control set from now on is pending again, so none is lost).
         lock(&self.pending).clear();
-        let (params, coherency) = {
+        lock(&self.pending_named).clear();
+        let (params, coherency, named) = {
             let s = lock(&self.settings);
-            (s.params(), s.memory_policy.coherency())
+            (
+                s.params(),
+                s.memory_policy.coherency(),
+                s.named_controls.clone(),
+            )
         };
         let engine = Engine::start(
             session,
@@ -876,6 +930,8 @@ impl VideoEncoderImpl for VpuFwhtEnc {
             gst::element_imp_error!(self, gst::LibraryError::Settings, ["{e}"]);
             gst::loggable_error!(CAT, "{e}")
         })?;
+        // After the setup's own controls, so that a named one wins.
+        self.apply_named(engine.session(), &named);
         gst::debug!(CAT, imp = self, "VPU takes {:?}", engine.raw());
 
         let caps = formats::fwht_caps(Some((w, h)));
