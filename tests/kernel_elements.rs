@@ -169,7 +169,12 @@ fn round_trip_of_60_frames_is_bit_identical_to_the_emulated_vpu() {
     let caps = kernel.caps.unwrap();
     assert_eq!(caps.structure(0).unwrap().name(), "video/x-fwht", "{caps}");
     let stats = kernel.stats.unwrap();
+    eprintln!("kernel encoder stats: {stats}");
     assert_eq!(stat(&stats, "frames-out"), 60, "{stats}");
+    // videotestsrc wrote into the encoder's pool (dma-heap memory in the
+    // VM), and the node imported each frame (V4L2_MEMORY_DMABUF): no copy.
+    assert_eq!(stat(&stats, "frame-copies"), 0, "{stats}");
+    assert_eq!(stat(&stats, "imported-frames"), 60, "{stats}");
 
     let file = write_stream("kernel-elements", &kernel.frames);
     let dk = decode(DEC, &file);
@@ -192,6 +197,24 @@ fn round_trip_of_60_frames_is_bit_identical_to_the_emulated_vpu() {
     eprintln!("kernel decoder stats: {stats}");
     assert_eq!(stat(&stats, "frames-out"), 60, "{stats}");
     assert_eq!(stat(&stats, "frame-copies"), 0, "{stats}");
+
+    // Frames decoded by the emulated VPU (dma-heap memory) go into the
+    // kernel encoder as dma-bufs, without a copy, and code to the same stream.
+    let file = write_stream("kernel-elements-import", &kernel.frames);
+    let reencoded = run(
+        &format!(
+            "filesrc location={} ! vpufwhtdec device=emu ! video/x-raw,format=I420 \
+             ! vpufwhtenc name=vpu device={ENC} gop-size=10 ! fakesink name=sink",
+            file.display()
+        ),
+        120,
+    );
+    std::fs::remove_file(&file).ok();
+    let stats = reencoded.stats.unwrap();
+    eprintln!("emu decoder -> kernel encoder stats: {stats}");
+    assert_eq!(reencoded.frames.len(), 60);
+    assert_eq!(stat(&stats, "frame-copies"), 0, "{stats}");
+    assert_eq!(stat(&stats, "imported-frames"), 60, "{stats}");
 
     // The whole chain on the kernel nodes, in one pipeline.
     let chain = run(
