@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
 
+const N: u64 = 30;
+
 #[test]
 fn every_decoded_frame_is_prime_imported_by_kmssink() {
     let test = "every_decoded_frame_is_prime_imported_by_kmssink";
@@ -59,11 +61,32 @@ fn every_decoded_frame_is_prime_imported_by_kmssink() {
     gst::log::set_active(true);
     gst::log::set_threshold_for_name("kmssink", gst::DebugLevel::Log);
 
-    const N: u64 = 30;
+    let (rendered, dmabuf, imported, new_fbs, stats) = play(&imports);
+    eprintln!(
+        "kmssink got {rendered} frames, {dmabuf} as dma-buf memory, {imported} PRIME-imported \
+         ({new_fbs} new framebuffers); decoder stats {stats}"
+    );
+    assert_eq!(rendered, N, "every frame reached the display");
+    assert_eq!(dmabuf, N, "every frame is the driver's exported dma-buf");
+    assert_eq!(imported, N, "kmssink imported every frame, copied none");
+    assert_eq!(stats.get::<u64>("frames-out").unwrap(), N, "{stats}");
+    assert_eq!(stats.get::<u64>("frame-copies").unwrap(), 0, "{stats}");
+    assert_eq!(
+        stats.get::<u64>("coherency-violations").unwrap(),
+        0,
+        "{stats}"
+    );
+}
+
+/// Plays the clip to vkms: frames kmssink got,
+/// how many as dma-buf memory, how many it PRIME-imported, the decoder stats.
+fn play(imports: &Mutex<Vec<String>>) -> (u64, u64, u64, usize, gst::Structure) {
+    imports.lock().unwrap().clear();
     let desc = format!(
         "videotestsrc num-buffers={N} pattern=ball \
          ! video/x-raw,format=BGRx,width=640,height=480,framerate=30/1 \
-         ! vpufwhtenc device=/dev/video0 ! vpufwhtdec name=vpu device=/dev/video1 \
+         ! vpufwhtenc device=/dev/video0 \
+         ! vpufwhtdec name=vpu device=/dev/video1 \
          ! kmssink name=sink driver-name=vkms sync=false show-preroll-frame=false"
     );
     let pipeline = gst::parse::launch(&desc)
@@ -113,20 +136,6 @@ fn every_decoded_frame_is_prime_imported_by_kmssink() {
     let rendered = rendered.load(Ordering::Relaxed);
     let dmabuf = dmabuf.load(Ordering::Relaxed);
     let lines = std::mem::take(&mut *imports.lock().unwrap());
-    let imports = lines.len() as u64;
     let new_fbs = lines.iter().filter(|l| l.starts_with("setting")).count();
-    eprintln!(
-        "kmssink got {rendered} frames, {dmabuf} as dma-buf memory, {imports} PRIME-imported \
-         ({new_fbs} new framebuffers); decoder stats {stats}"
-    );
-    assert_eq!(rendered, N, "every frame reached the display");
-    assert_eq!(dmabuf, N, "every frame is the driver's exported dma-buf");
-    assert_eq!(imports, N, "kmssink imported every frame, copied none");
-    assert_eq!(stats.get::<u64>("frames-out").unwrap(), N, "{stats}");
-    assert_eq!(stats.get::<u64>("frame-copies").unwrap(), 0, "{stats}");
-    assert_eq!(
-        stats.get::<u64>("coherency-violations").unwrap(),
-        0,
-        "{stats}"
-    );
+    (rendered, dmabuf, lines.len() as u64, new_fbs, stats)
 }

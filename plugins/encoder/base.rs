@@ -122,6 +122,9 @@ struct Settings<S> {
     memory_policy: MemoryPolicy,
     /// The `extra-controls` structure as last set.
     extra_controls: Option<gst::Structure>,
+    /// `extra-controls` fields beyond the codec's table, for a kernel node
+    /// to look up by name (`device=/dev/videoN` only).
+    named_controls: Vec<(String, i64)>,
 }
 
 /// The open VPU session (from `open` to `close`).
@@ -161,15 +164,24 @@ enum ExtraControlError {
     },
 }
 
-/// The controls in an `extra-controls` structure, in field order, and what
-/// was wrong with the fields that are not taken.
-fn parse_extra_controls<C: Codec>(s: &gst::StructureRef) -> (Vec<Control>, Vec<ExtraControlError>) {
-    let mut controls = Vec::new();
-    let mut errors = Vec::new();
+/// Parsed `extra-controls`: the codec table's controls, integer fields with
+/// other names (a kernel node may have them), and what was wrong with the rest.
+#[derive(Debug, Default)]
+struct ExtraControls {
+    controls: Vec<Control>,
+    named: Vec<(String, i64)>,
+    errors: Vec<ExtraControlError>,
+}
+
+/// The controls in an `extra-controls` structure, in field order. With
+/// `by_name` (a kernel node), integer fields beyond the codec's table are
+/// kept for the node to look up by name; without, they are errors.
+fn parse_extra_controls<C: Codec>(s: &gst::StructureRef, by_name: bool) -> ExtraControls {
+    let mut out = ExtraControls::default();
     for (name, value) in s.iter() {
-        let Some(&(_, make, (min, max))) = C::EXTRA_CONTROLS.iter().find(|(n, ..)| *n == name)
-        else {
-            errors.push(ExtraControlError::Unknown {
+        let known = C::EXTRA_CONTROLS.iter().find(|(n, ..)| *n == name);
+        if known.is_none() && !by_name {
+            out.errors.push(ExtraControlError::Unknown {
                 name: name.to_string(),
                 codec: C::CODEC_NAME,
                 known: C::EXTRA_CONTROLS
@@ -179,7 +191,7 @@ fn parse_extra_controls<C: Codec>(s: &gst::StructureRef) -> (Vec<Control>, Vec<E
                     .join(", "),
             });
             continue;
-        };
+        }
         let v = value
             .get::<i32>()
             .map(i64::from)
@@ -187,15 +199,19 @@ fn parse_extra_controls<C: Codec>(s: &gst::StructureRef) -> (Vec<Control>, Vec<E
             .or_else(|_| value.get::<i64>())
             .or_else(|_| value.get::<u64>().map(|v| v.min(i64::MAX as u64) as i64));
         let Ok(v) = v else {
-            errors.push(ExtraControlError::NotAnInteger {
+            out.errors.push(ExtraControlError::NotAnInteger {
                 name: name.to_string(),
                 found: format!("{value:?}"),
             });
             continue;
         };
+        let Some(&(_, make, (min, max))) = known else {
+            out.named.push((name.to_string(), v));
+            continue;
+        };
         match u32::try_from(v) {
-            Ok(u) if (min..=max).contains(&u) => controls.push(make(u)),
-            _ => errors.push(ExtraControlError::OutOfRange {
+            Ok(u) if (min..=max).contains(&u) => out.controls.push(make(u)),
+            _ => out.errors.push(ExtraControlError::OutOfRange {
                 name: name.to_string(),
                 value: v,
                 min,
@@ -203,7 +219,7 @@ fn parse_extra_controls<C: Codec>(s: &gst::StructureRef) -> (Vec<Control>, Vec<E
             }),
         }
     }
-    (controls, errors)
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -234,6 +250,8 @@ pub(crate) struct EncoderBase<C: Codec> {
     /// Controls set since the streaming setup started, not yet given to the
     /// VPU: the streaming thread applies them before the next frame.
     pending: Mutex<Vec<Control>>,
+    /// Named controls set since the streaming setup started (kernel nodes).
+    pending_named: Mutex<Vec<(String, i64)>>,
     /// An element error was posted for the current run: post no second one.
     error_posted: AtomicBool,
 }
@@ -246,6 +264,7 @@ impl<C: Codec> Default for EncoderBase<C> {
             stream: Mutex::default(),
             stats: Arc::default(),
             pending: Mutex::default(),
+            pending_named: Mutex::default(),
             error_posted: AtomicBool::new(false),
         }
     }
@@ -471,7 +490,8 @@ impl<C: Codec> EncoderBase<C> {
     /// after it was set, at the cost of one pipeline bubble per change.
     fn apply_pending(&self, enc: &Enc, engine: &Engine) -> Result<(), gst::FlowError> {
         let pending = std::mem::take(&mut *lock(&self.pending));
-        if pending.is_empty() {
+        let named = std::mem::take(&mut *lock(&self.pending_named));
+        if pending.is_empty() && named.is_empty() {
             return Ok(());
         }
         loop {
@@ -493,7 +513,24 @@ impl<C: Codec> EncoderBase<C> {
                 );
             }
         }
+        self.apply_named(enc, engine.session(), &named);
         Ok(())
+    }
+
+    /// Gives `extra-controls` fields beyond the codec's table to a kernel
+    /// node by name; one it refuses is a warning naming it.
+    fn apply_named(&self, enc: &Enc, session: &dyn Session, named: &[(String, i64)]) {
+        for (name, value) in named {
+            gst::debug!(C::cat(), obj = enc, "applying control {name}={value}");
+            if let Err(e) = session.set_named_control(name, *value) {
+                gst::warning!(C::cat(), obj = enc, "extra-controls: {e}: ignored");
+                gst::element_warning!(
+                    enc,
+                    gst::ResourceError::Settings,
+                    ["extra-controls: {e}: ignored"]
+                );
+            }
+        }
     }
 
     /// Records `controls` in the settings and queues them for the VPU.
@@ -554,7 +591,9 @@ impl<C: Codec> EncoderBase<C> {
                     "V4L2 controls by the names v4l2-ctl -l prints, as for the v4l2 \
                      elements (\"controls,name=value,...\"); this encoder knows {names}. \
                      They set the same values as the properties that shadow them (the \
-                     last one set wins); an unknown name or a value out of range is \
+                     last one set wins). On a kernel node (device=/dev/videoN set \
+                     before this property) any other integer control is looked up by \
+                     that name on the node. An unknown name or a value out of range is \
                      ignored with a warning naming it. Changes in PLAYING apply from \
                      the next frame the encoder receives"
                 ))
@@ -614,10 +653,15 @@ impl<C: Codec> EncoderBase<C> {
         match name {
             "extra-controls" => {
                 let s: Option<gst::Structure> = value.get().expect("type checked upstream");
+                settings.named_controls.clear();
                 if let Some(s) = &s {
-                    let (controls, errors) = parse_extra_controls::<C>(s);
-                    self.set_controls(enc, &mut settings, &controls);
-                    rejected = errors;
+                    // A kernel node looks other names up when streaming.
+                    let by_name = matches!(settings.device, DeviceChoice::Path(_));
+                    let parsed = parse_extra_controls::<C>(s, by_name);
+                    self.set_controls(enc, &mut settings, &parsed.controls);
+                    rejected = parsed.errors;
+                    lock(&self.pending_named).extend(parsed.named.iter().cloned());
+                    settings.named_controls = parsed.named;
                 }
                 settings.extra_controls = s;
             }
@@ -796,9 +840,14 @@ impl<C: Codec> EncoderBase<C> {
         // The new setup starts from the settings: what was pending is in
         // them (a control set from now on is pending again, so none is lost).
         lock(&self.pending).clear();
-        let (mut controls, coherency) = {
+        lock(&self.pending_named).clear();
+        let (mut controls, coherency, named) = {
             let s = lock(&self.settings);
-            (C::controls(&s.codec), s.memory_policy.coherency())
+            (
+                C::controls(&s.codec),
+                s.memory_policy.coherency(),
+                s.named_controls.clone(),
+            )
         };
         let fps = info.fps();
         // Rate control needs a rate: a variable one (0/1) is taken as 30 fps.
@@ -824,6 +873,8 @@ impl<C: Codec> EncoderBase<C> {
             gst::element_error!(enc, gst::LibraryError::Settings, ["{e}"]);
             gst::loggable_error!(cat, "{e}")
         })?;
+        // After the setup's own controls, so that a named one wins.
+        self.apply_named(enc, engine.session(), &named);
         gst::debug!(cat, obj = enc, "VPU takes {:?}", engine.raw());
 
         let output = enc

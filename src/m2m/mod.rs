@@ -239,6 +239,9 @@ pub enum M2mError {
     /// A kernel V4L2 node refused a request: which node, which ioctl, the errno.
     #[error("{0}")]
     Kernel(String),
+    /// [`Session::set_named_control`] on a VPU without such a control.
+    #[error("control '{name}' {reason}")]
+    UnknownControl { name: String, reason: String },
 }
 
 /// A failed [`Session::queue`]: the buffer comes back with the reason.
@@ -286,6 +289,18 @@ pub trait Session: Send + Sync {
     fn format(&self, queue: QueueKind) -> Result<Format, M2mError>;
     /// Sets a codec control (`VIDIOC_S_EXT_CTRLS`); also allowed while streaming.
     fn set_control(&self, control: Control) -> Result<(), M2mError>;
+    /// Sets a driver control by the name `v4l2-ctl -l` prints for it
+    /// (`video_gop_size`, `fwht_i_frame_qp_value` ...), what the v4l2
+    /// elements' `extra-controls` takes. Backends without named controls
+    /// (the emulated VPU) refuse every name.
+    fn set_named_control(&self, name: &str, value: i64) -> Result<(), M2mError> {
+        let _ = value;
+        Err(M2mError::UnknownControl {
+            name: name.to_owned(),
+            reason: "does not exist on this VPU (it takes named controls only on a kernel node)"
+                .into(),
+        })
+    }
     /// `V4L2_CID_MIN_BUFFERS_FOR_OUTPUT` / `..._FOR_CAPTURE`.
     fn min_buffers(&self, queue: QueueKind) -> u32;
     /// `VIDIOC_REQBUFS`: (re)creates `count` buffers on a stopped queue. With

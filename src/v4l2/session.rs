@@ -249,26 +249,6 @@ impl KernelSession {
         controls::enumerate(&self.fd)
     }
 
-    /// Sets a control by the name `v4l2-ctl -l` prints (`video_gop_size`,
-    /// `fwht_i_frame_qp_value` ...), as the v4l2 elements' `extra-controls`
-    /// do; the driver's own name and any spelling that normalises to the
-    /// same key work too. Checked against the control's range first.
-    pub fn set_named_control(&self, name: &str, value: i64) -> Result<(), M2mError> {
-        let key = controls::normalise_control_name(name);
-        let all = self.controls();
-        let Some(c) = all.iter().find(|c| c.key == key) else {
-            let known: Vec<&str> = all.iter().map(|c| c.key.as_str()).collect();
-            return Err(M2mError::Kernel(format!(
-                "{} has no control '{name}' (it has {})",
-                self.path.display(),
-                known.join(", ")
-            )));
-        };
-        self.set_checked(c, value, &|reason| {
-            M2mError::Kernel(format!("control '{name}': {reason}"))
-        })
-    }
-
     /// `VIDIOC_S_PARM` on OUTPUT: the frame interval rate control works
     /// with. It is a hint: a node without frame intervals (vicodec has
     /// none) codes the same, so ENOTTY/EINVAL are logged, not errors.
@@ -1149,6 +1129,30 @@ impl Session for KernelSession {
         };
         self.set_checked(&info, value, &|reason| M2mError::InvalidControl {
             control,
+            reason,
+        })
+    }
+
+    /// Sets a control by the name `v4l2-ctl -l` prints (`video_gop_size`,
+    /// `fwht_i_frame_qp_value` ...), as the v4l2 elements' `extra-controls`
+    /// do; the driver's own name and any spelling that normalises to the
+    /// same key work too. Checked against the control's range first.
+    fn set_named_control(&self, name: &str, value: i64) -> Result<(), M2mError> {
+        let key = controls::normalise_control_name(name);
+        let all = self.controls();
+        let Some(c) = all.iter().find(|c| c.key == key) else {
+            let known: Vec<&str> = all.iter().map(|c| c.key.as_str()).collect();
+            return Err(M2mError::UnknownControl {
+                name: name.to_owned(),
+                reason: format!(
+                    "does not exist on {} (it has {})",
+                    self.path.display(),
+                    known.join(", ")
+                ),
+            });
+        };
+        self.set_checked(c, value, &|reason| M2mError::UnknownControl {
+            name: name.to_owned(),
             reason,
         })
     }
