@@ -17,6 +17,8 @@ packages=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  # gst-device-monitor-1.0, which lists our device provider's VPUs.
+  gstreamer1.0-plugins-base-apps
   # Building: C toolchain (linking, openh264's C++), pkg-config for the -sys
   # crates, libclang for v4l2r's bindgen, nasm for openh264, meson/ninja.
   build-essential pkg-config libclang-dev nasm meson ninja-build git ca-certificates

@@ -23,6 +23,9 @@ mod typefind;
 #[path = "../plugins/allocator/mod.rs"]
 pub mod allocator;
 
+#[path = "../plugins/deviceprovider/mod.rs"]
+mod deviceprovider;
+
 #[path = "../plugins/vpufwhtdec/mod.rs"]
 mod vpufwhtdec;
 #[path = "../plugins/vpufwhtenc/mod.rs"]
@@ -36,6 +39,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     typefind::register(plugin)?;
     vpufwhtdec::register(plugin)?;
     vpufwhtenc::register(plugin)?;
+    deviceprovider::register(plugin)?;
     Ok(())
 }
 
