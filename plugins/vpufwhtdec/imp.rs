@@ -757,8 +757,9 @@ impl ObjectImpl for VpuFwhtDec {
                     .blurb(
                         "Which VPU decodes: \"auto\" (a kernel V4L2 codec node offering FWHT, \
                          else the emulated VPU), \"emu\" (the in-crate emulated VPU) or a node \
-                         path like /dev/video0 (this build has no kernel backend yet: auto \
-                         means emu and a path fails to open). Read when the element starts",
+                         path like /dev/video0 (this build cannot open kernel nodes yet: a \
+                         path fails to open, and auto falls back to emu with a warning naming \
+                         the node). Read when the element starts",
                     )
                     .default_value(Some(DEFAULT_DEVICE))
                     .mutable_ready()

@@ -597,8 +597,9 @@ impl ObjectImpl for VpuFwhtEnc {
                     .blurb(
                         "Which VPU encodes: \"auto\" (a kernel codec node offering FWHT, \
                          else the emulated VPU), \"emu\" (the in-process emulated VPU) \
-                         or a V4L2 M2M node path such as /dev/video0 (this build has \
-                         no kernel backend yet: auto means emu and a path fails to open)",
+                         or a V4L2 M2M node path such as /dev/video0 (this build cannot \
+                         open kernel nodes yet: a path fails to open, and auto falls back \
+                         to emu with a warning naming the node)",
                     )
                     .default_value(Some(DEFAULT_DEVICE))
                     .mutable_ready()
