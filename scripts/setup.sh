@@ -17,6 +17,8 @@ packages=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  # gst-device-monitor-1.0, which lists our device provider's VPUs.
+  gstreamer1.0-plugins-base-apps
   # Building: C toolchain (linking, openh264's C++), pkg-config for the -sys
   # crates, libclang for v4l2r's bindgen, nasm for openh264, meson/ninja.
   build-essential pkg-config libclang-dev nasm meson ninja-build git ca-certificates
@@ -26,6 +28,11 @@ packages=(
   # ffmpeg-sys-next runs bindgen against these headers. libavformat: the
   # ffmpeg-next binding's packet API needs it.
   libavcodec-dev libavformat-dev libavutil-dev
+  # The VM tests (scripts/vm-test.sh): ../shared/vm boots Debian's 6.12 kernel
+  # in qemu (TCG) with vicodec/vkms built from linux-source-6.12 against
+  # linux-headers (the kernel packages are added below, pinned), on a
+  # busybox initramfs made with cpio; kmod for modinfo/depmod.
+  qemu-system-x86 busybox-static cpio kmod
 )
 # Linux 6.12 uapi headers for v4l2r 0.0.8 (see README, "Why v4l2r 0.0.8"),
 # pinned to the version ../shared/vm builds its kernel modules from: that
@@ -42,6 +49,12 @@ for p in "${packages[@]}"; do
   installed "$p" || missing+=("$p")
 done
 installed linux-source-6.12 || missing+=("linux-source-6.12=$ksrc_version")
+# The guest kernel of the VM tests: the release ../shared/vm/build-modules.sh
+# builds its modules for (VMBED_KVER there), from bookworm-security.
+kver=${VMBED_KVER:-6.12.107+deb12-amd64}
+installed "linux-image-$kver" || installed "linux-image-$kver-unsigned" \
+  || missing+=("linux-image-$kver")
+installed "linux-headers-$kver" || missing+=("linux-headers-$kver")
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then

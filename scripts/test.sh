@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # test.sh -- the whole test suite, as CI runs it (.ci/run): set-up, formatting,
-# clippy with warnings as errors, every test target, then the doc tests.
+# clippy with warnings as errors, every test target, the doc tests, then the
+# VM tests (scripts/vm-test.sh: the kernel-driver tests in a qemu guest).
 # Tests that need hardware or the VM are gated by their own documented switch.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -20,6 +21,9 @@ step cargo clippy --locked --all-targets -- -D warnings
 step cargo build --locked
 tests cargo test --locked --all-targets
 tests cargo test --locked --doc
+# The kernel-driver tests (vicodec, vkms, real dma-bufs), in one qemu guest
+# boot; they fail the run like the host tests do.
+tests scripts/vm-test.sh
 
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) g += $i } }
      END { printf "\ntotal: %d passed, %d failed, %d skipped\n", p, f, g }' "$log"

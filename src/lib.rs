@@ -6,7 +6,7 @@
 //! gstreamer code besides this file) -> [`m2m`] (the driver contract) ->
 //! [`vpu`] (the in-crate VPU) -> [`mem`] (regions, ownership, coherency checker)
 //! -> [`sys`] (the only raw-syscall code). [`v4l2`] is the kernel backend
-//! (discovery of the stateful codec nodes so far).
+//! (sessions on kernel V4L2 codec nodes, and their discovery).
 #![deny(unsafe_code)]
 
 pub mod m2m;
@@ -27,6 +27,9 @@ pub mod allocator;
 mod decoder;
 #[path = "../plugins/encoder/mod.rs"]
 mod encoder;
+#[path = "../plugins/deviceprovider/mod.rs"]
+mod deviceprovider;
+
 #[path = "../plugins/vpufwhtdec/mod.rs"]
 mod vpufwhtdec;
 #[path = "../plugins/vpufwhtenc/mod.rs"]
@@ -46,6 +49,7 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     vpuh264dec::register(plugin)?;
     vpufwhtenc::register(plugin)?;
     vpuh264enc::register(plugin)?;
+    deviceprovider::register(plugin)?;
     Ok(())
 }
 

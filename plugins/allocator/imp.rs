@@ -35,6 +35,9 @@
 //!    and drop the region only *after* it. The release callback of
 //!    `wrap_with_release` runs after the parent's free too, inside
 //!    `catch_unwind`.
+//! 6. **Duplicating a foreign dma-buf's fd** (`dup_memory_fd`): the fd of a
+//!    GstFdMemory is open while the memory lives, and the memory is borrowed
+//!    for the call.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -90,6 +93,17 @@ struct ParentOps {
 /// What differs between the two subclasses.
 trait Flavour: ObjectSubclass {
     fn parent_ops() -> &'static OnceLock<ParentOps>;
+}
+
+/// A new fd for the dma-buf behind a (foreign) GstDmaBufMemory.
+pub(super) fn dup_memory_fd(
+    mem: &gst_allocators::DmaBufMemoryRef,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: a GstFdMemory's fd stays open as long as the memory, and the
+    // caller borrows the memory for the whole call; the borrow does not
+    // outlive it (the fd is duplicated at once).
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(mem.fd()) };
+    fd.try_clone_to_owned()
 }
 
 /// Creates the memory over `region`'s fd and registers it (see 1. above).

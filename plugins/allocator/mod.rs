@@ -192,6 +192,18 @@ pub fn region(mem: &gst::MemoryRef) -> Option<Arc<Region>> {
     imp::lookup(mem).map(|w| Arc::clone(&w.region))
 }
 
+/// A duplicate of the dma-buf fd behind `mem` when it is a GstDmaBufMemory
+/// that is not ours (ours: [`region`]), so that a VPU can import a frame
+/// another element made (a dma-heap allocation, a kernel decoder's exported
+/// buffer) instead of copying it. `None` for any other memory.
+pub fn foreign_dmabuf_fd(mem: &gst::MemoryRef) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+    if imp::lookup(mem).is_some() {
+        return None;
+    }
+    let dmabuf = mem.downcast_memory_ref::<gst_allocators::DmaBufMemory>()?;
+    Some(imp::dup_memory_fd(dmabuf))
+}
+
 /// Marks the region behind `mem` as in use by the device (queued) or
 /// released. While busy, a CPU map must not take the region back, so it is
 /// not synced and, if the device owns the region, reported as a violation.

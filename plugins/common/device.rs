@@ -5,9 +5,9 @@
 //! or a path (`/dev/videoN`). `auto` takes the first node, in discovery order
 //! ([`crate::v4l2::discovery::nodes`]), that is a stateful codec of the
 //! element's role for its codec; when that node fails to open, the element
-//! runs on the emulated VPU and a warning names the node and the error. All elements of a process that use the emulated
-//! VPU share one core, each with its own session, like elements sharing one
-//! kernel node.
+//! runs on the emulated VPU and a warning names the node and the error. All
+//! elements of a process that use the emulated VPU share one core, each with
+//! its own session, like elements sharing one kernel node.
 //!
 //! The emulated VPU's coherency checker is always on; `GST_VPU_CHECKER`
 //! chooses how strict it is: `report` (default: violations are counted and

@@ -1236,6 +1236,28 @@ impl VideoDecoderImpl for VpuDec {
             video_meta,
             min_buffers,
         };
+        // Frames go downstream in the VPU's own memory: no downstream pool is
+        // ever allocated from. GstVideoDecoder's default still configures the
+        // first one, without the VideoMeta option, which a pool of VPU memory
+        // (the VPU encoders') refuses for a padded layout (650x370), failing
+        // the negotiation. Configure it as it will be used, with VideoMeta
+        // when downstream reads it, and leave out a pool that still refuses.
+        if let Some((Some(pool), size, min, max)) = query.allocation_pools().next() {
+            let caps = self.obj().output_state().and_then(|s| s.caps_owned());
+            let mut config = pool.config();
+            config.set_params(caps.as_ref(), size, min, max);
+            if video_meta {
+                config.add_option(gst_video::BUFFER_POOL_OPTION_VIDEO_META.as_str());
+            }
+            if let Err(e) = pool.set_config(config) {
+                gst::debug!(
+                    self.cat(),
+                    imp = self,
+                    "downstream's pool refuses our frames ({e}); not using it"
+                );
+                query.set_nth_allocation_pool(0, None::<&gst::BufferPool>, size, min, max);
+            }
+        }
         self.parent_decide_allocation(query)
     }
 }

@@ -344,11 +344,15 @@ impl<C: Codec> EncoderBase<C> {
     }
 
     /// The region behind `input` if it can be queued without a copy: one
-    /// memory, ours, starting at the region's start, in the contract layout.
+    /// memory starting at its fd's start, in the contract layout, that is
+    /// ours or a foreign dma-buf (imported: the VPU maps it, `checker`
+    /// watches it like our own memory).
     fn importable(
+        enc: &Enc,
         input: &gst::BufferRef,
         info: &gst_video::VideoInfo,
         raw: &Format,
+        checker: Option<&Arc<Checker>>,
     ) -> Option<Arc<Region>> {
         if input.n_memory() != 1 {
             return None;
@@ -357,11 +361,37 @@ impl<C: Codec> EncoderBase<C> {
         if mem.offset() != 0 {
             return None;
         }
-        let region = crate::allocator::region(mem)?;
+        formats::buffer_layout_matches(input, info, raw).ok()?;
+        let region = match crate::allocator::region(mem) {
+            Some(region) => region,
+            None => {
+                let fd = match crate::allocator::foreign_dmabuf_fd(mem)? {
+                    Ok(fd) => fd,
+                    Err(e) => {
+                        gst::debug!(C::cat(), obj = enc, "cannot import a dma-buf: {e}");
+                        return None;
+                    }
+                };
+                // The producer may have written it with the CPU: cacheable,
+                // owned by the CPU, so queueing cleans it for the device.
+                match Region::import(
+                    "upstream-dmabuf",
+                    fd,
+                    raw.size,
+                    Coherency::Cacheable,
+                    checker?,
+                ) {
+                    Ok(region) => region,
+                    Err(e) => {
+                        gst::debug!(C::cat(), obj = enc, "cannot import a dma-buf: {e}");
+                        return None;
+                    }
+                }
+            }
+        };
         if region.size() < raw.size {
             return None;
         }
-        formats::buffer_layout_matches(input, info, raw).ok()?;
         Some(region)
     }
 
@@ -389,7 +419,10 @@ impl<C: Codec> EncoderBase<C> {
         let engine = &mut stream.engine;
         self.apply_pending(enc, engine)?;
 
-        if let Some(region) = Self::importable(&input, &stream.info, engine.raw()) {
+        let checker = lock(&self.state).as_ref().map(|st| Arc::clone(&st.checker));
+        if let Some(region) =
+            Self::importable(enc, &input, &stream.info, engine.raw(), checker.as_ref())
+        {
             let slot = loop {
                 match engine
                     .import_slot(&region)
