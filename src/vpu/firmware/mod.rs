@@ -162,15 +162,18 @@ impl Core {
         if let Some(state) = self.counter(FW_STATE_OFFSET) {
             state.store(FW_STATE_RUNNING, Ordering::Release);
         }
-        // Whether the last pass did work: then the next one only polls the
-        // doorbell, so a busy core never sleeps between frames.
+        // Whether the last pass did work: then the next one starts at once,
+        // so a busy core never sleeps between frames. It does not even look
+        // at the doorbell (a system call): the command ring's indices are in
+        // shared memory and `take_commands` reads them anyway; the rings
+        // rung meanwhile are consumed by the next idle wait, which then
+        // returns at once.
         let mut busy = false;
         while !stop.load(Ordering::Acquire) {
-            // A failed wait is retried on the next pass; the tick bounds it.
-            let _ = self
-                .parts
-                .doorbell
-                .wait(Some(if busy { Duration::ZERO } else { TICK }));
+            if !busy {
+                // A failed wait is retried on the next pass; the tick bounds it.
+                let _ = self.parts.doorbell.wait(Some(TICK));
+            }
             if self.parts.faults.hang.load(Ordering::SeqCst) {
                 busy = false;
                 continue;
