@@ -45,6 +45,7 @@ pub struct Faults {
     drop_responses: AtomicU32,
     corrupt_responses: AtomicU32,
     frame_delay_us: AtomicU64,
+    fixed_layout: AtomicBool,
 }
 
 impl Faults {
@@ -64,6 +65,16 @@ impl Faults {
     pub fn set_frame_delay(&self, delay: Duration) {
         self.frame_delay_us
             .store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// The core refuses host layouts (`SetLayout`) as a VPU whose buffer
+    /// layout is fixed does (a kernel node): clients must adapt (copy).
+    pub fn set_fixed_layout(&self, fixed: bool) {
+        self.fixed_layout.store(fixed, Ordering::SeqCst);
+    }
+
+    pub(crate) fn fixed_layout(&self) -> bool {
+        self.fixed_layout.load(Ordering::SeqCst)
     }
 
     fn take(counter: &AtomicU32) -> bool {
@@ -258,7 +269,7 @@ impl Core {
                 outbox.post(id, seq, reply);
             }
             other => match self.sessions.get_mut(&id) {
-                Some(s) => s.command(seq, other, outbox),
+                Some(s) => s.command(seq, other, &self.parts.faults, outbox),
                 None => outbox.post(id, seq, ack(Status::NoEntity, "no such session")),
             },
         }
