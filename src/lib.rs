@@ -25,10 +25,10 @@ pub mod allocator;
 
 #[path = "../plugins/decoder/mod.rs"]
 mod decoder;
-#[path = "../plugins/encoder/mod.rs"]
-mod encoder;
 #[path = "../plugins/deviceprovider/mod.rs"]
 mod deviceprovider;
+#[path = "../plugins/encoder/mod.rs"]
+mod encoder;
 
 #[path = "../plugins/vpufwhtdec/mod.rs"]
 mod vpufwhtdec;

@@ -18,6 +18,12 @@
 //! Locks: `state` is held only to read or update it, never across a base
 //! class call, `finish_frame` or a wait on the VPU.
 //!
+//! Layout: frames go out in the VPU's layout with a GstVideoMeta. For a
+//! downstream that takes no GstVideoMeta (fakesink, a plain appsink) the VPU
+//! is asked to write GStreamer's default layout instead (no padding rows),
+//! so those frames are not copied either; only a VPU that keeps its own
+//! layout (a kernel node) makes the element copy them (`frame-copies`).
+//!
 //! Caps: the src template offers every raw format in system memory and,
 //! as a second structure, in `memory:DMABuf`. The feature is negotiated when
 //! the VPU's frame memory is a real dma-buf and downstream names it itself
@@ -117,8 +123,9 @@ struct Stats {
 struct Output {
     generation: u64,
     layout: MetaLayout,
-    /// Set when downstream lacks GstVideoMeta and the VPU's layout is not
-    /// GStreamer's default for the caps: frames must be copied.
+    /// Set when downstream lacks GstVideoMeta, the VPU's layout is not
+    /// GStreamer's default for the caps and the VPU cannot write that one
+    /// (`Session::set_layout`, e.g. a kernel node): frames must be copied.
     copy_to: Option<gst_video::VideoInfo>,
     /// The VPU's layout (for the copy source).
     info: gst_video::VideoInfo,

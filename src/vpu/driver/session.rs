@@ -152,6 +152,43 @@ impl EmuSession {
     ) -> Result<(), M2mError> {
         self.check_fault()?;
         let seq = self.core().send(self.id, &cmd)?;
+        self.wait_ack(seq, refused)
+    }
+
+    /// Sends `cmds` at once and waits for all their acknowledgements (one
+    /// round trip to the core instead of one per command, as one REQBUFS
+    /// ioctl sets up every buffer). The first refusal, in command order,
+    /// becomes the error; every acknowledgement is waited for anyway, so
+    /// none is left behind.
+    fn commands(
+        &self,
+        cmds: &[Command],
+        refused: impl Fn(Status, String) -> M2mError,
+    ) -> Result<(), M2mError> {
+        self.check_fault()?;
+        let seqs = cmds
+            .iter()
+            .map(|c| self.core().send(self.id, c))
+            .collect::<Result<Vec<u32>, M2mError>>()?;
+        let mut first = Ok(());
+        for seq in seqs {
+            let r = self.wait_ack(seq, &refused);
+            if let Err(M2mError::Timeout(_) | M2mError::Firmware(_)) = &r {
+                return r;
+            }
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+
+    /// Waits for the acknowledgement of command `seq` (see [`Self::command`]).
+    fn wait_ack(
+        &self,
+        seq: u32,
+        refused: impl FnOnce(Status, String) -> M2mError,
+    ) -> Result<(), M2mError> {
         let watchdog = self.core().config.watchdog;
         let deadline = Instant::now() + watchdog;
         let mut inbox = lock(&self.mailbox.inbox);
@@ -180,7 +217,7 @@ impl EmuSession {
         }
     }
 
-    fn refused(queue: QueueKind) -> impl FnOnce(Status, String) -> M2mError {
+    fn refused(queue: QueueKind) -> impl Fn(Status, String) -> M2mError {
         move |status, reason| match status {
             Status::BadState => M2mError::InvalidState { queue, reason },
             _ => M2mError::InvalidFormat { queue, reason },
@@ -278,12 +315,15 @@ impl EmuSession {
             .iter_mut()
             .filter_map(|s| s.handle.take())
             .collect();
+        let unmaps: Vec<Command> = handles
+            .iter()
+            .map(|&handle| Command::UnmapRegion { handle })
+            .collect();
+        let result = self.commands(&unmaps, Self::refused(queue));
         for handle in handles {
-            let result = self.command(Command::UnmapRegion { handle }, Self::refused(queue));
             self.core().iommu.unmap(handle);
-            result?;
         }
-        Ok(())
+        result
     }
 
     /// Appends `count` buffers to the queue's slots (indices continue after
@@ -316,39 +356,60 @@ impl EmuSession {
                     reason: "set a format before allocating".into(),
                 })?;
         let config = &self.core().config;
-        let mut slots: Vec<Slot> = Vec::new();
-        let mut buffers = Vec::new();
-        for index in first..first + count {
-            let name = format!(
-                "vpu{}-{}-{}",
-                self.id,
-                queue.to_string().to_lowercase(),
-                index
-            );
-            let mapped = Region::allocate(&name, size, coherency, config.backend, &config.checker)
-                .map_err(M2mError::from)
-                .and_then(|region| self.map(&region, queue).map(|h| (region, h)));
-            match mapped {
-                Ok((region, handle)) => {
-                    buffers.push(Buffer::new(queue, index, region.clone()));
-                    slots.push(Slot {
+        let regions = (first..first + count)
+            .map(|index| {
+                let name = format!(
+                    "vpu{}-{}-{}",
+                    self.id,
+                    queue.to_string().to_lowercase(),
+                    index
+                );
+                Region::allocate(&name, size, coherency, config.backend, &config.checker)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Every region into the IOMMU, then one batch of MapRegion commands:
+        // a single round trip to the core however many buffers.
+        let handles: Vec<u32> = regions
+            .iter()
+            .map(|r| self.core().iommu.map(r.clone()))
+            .collect();
+        let maps: Vec<Command> = regions
+            .iter()
+            .zip(&handles)
+            .map(|(r, &handle)| Command::MapRegion {
+                handle,
+                size: r.size() as u64,
+            })
+            .collect();
+        if let Err(e) = self.commands(&maps, Self::refused(queue)) {
+            // Best effort (a handle the core did not map is refused, and the
+            // session fails anyway if the VPU does not answer).
+            let unmaps: Vec<Command> = handles
+                .iter()
+                .map(|&handle| Command::UnmapRegion { handle })
+                .collect();
+            let _ = self.commands(&unmaps, Self::refused(queue));
+            for &handle in &handles {
+                self.core().iommu.unmap(handle);
+            }
+            return Err(e);
+        }
+        let buffers = (first..)
+            .zip(&regions)
+            .map(|(index, region)| Buffer::new(queue, index, region.clone()))
+            .collect();
+        st.queue(queue)
+            .slots
+            .extend(
+                regions
+                    .into_iter()
+                    .zip(handles)
+                    .map(|(region, handle)| Slot {
                         region: Some(region),
                         handle: Some(handle),
                         in_device: None,
-                    });
-                }
-                Err(e) => {
-                    for handle in slots.iter().filter_map(|s| s.handle) {
-                        // Best effort: the session fails anyway if the VPU
-                        // does not answer.
-                        let _ = self.command(Command::UnmapRegion { handle }, Self::refused(queue));
-                        self.core().iommu.unmap(handle);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        st.queue(queue).slots.extend(slots);
+                    }),
+            );
         Ok(buffers)
     }
 

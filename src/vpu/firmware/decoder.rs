@@ -268,7 +268,13 @@ impl Decoder {
             if !capture.streaming {
                 return false;
             }
-            let Some(buf) = capture.buffers.pop_front() else {
+            // The buffer queued last: with a consumer that hands frames
+            // straight back, the same one or two buffers go round and stay
+            // in the CPU's caches (and the others are never even touched),
+            // instead of every buffer of the pool in turn. A stateful
+            // decoder may fill its CAPTURE buffers in any order; clients go
+            // by the index.
+            let Some(buf) = capture.buffers.pop_back() else {
                 return false;
             };
             let item = self.items.pop_front();

@@ -47,6 +47,7 @@ pub struct Faults {
     drop_responses: AtomicU32,
     corrupt_responses: AtomicU32,
     frame_delay_us: AtomicU64,
+    fixed_layout: AtomicBool,
 }
 
 impl Faults {
@@ -66,6 +67,16 @@ impl Faults {
     pub fn set_frame_delay(&self, delay: Duration) {
         self.frame_delay_us
             .store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    /// The core refuses host layouts (`SetLayout`) as a VPU whose buffer
+    /// layout is fixed does (a kernel node): clients must adapt (copy).
+    pub fn set_fixed_layout(&self, fixed: bool) {
+        self.fixed_layout.store(fixed, Ordering::SeqCst);
+    }
+
+    pub(crate) fn fixed_layout(&self) -> bool {
+        self.fixed_layout.load(Ordering::SeqCst)
     }
 
     fn take(counter: &AtomicU32) -> bool {
@@ -164,15 +175,18 @@ impl Core {
         if let Some(state) = self.counter(FW_STATE_OFFSET) {
             state.store(FW_STATE_RUNNING, Ordering::Release);
         }
-        // Whether the last pass did work: then the next one only polls the
-        // doorbell, so a busy core never sleeps between frames.
+        // Whether the last pass did work: then the next one starts at once,
+        // so a busy core never sleeps between frames. It does not even look
+        // at the doorbell (a system call): the command ring's indices are in
+        // shared memory and `take_commands` reads them anyway; the rings
+        // rung meanwhile are consumed by the next idle wait, which then
+        // returns at once.
         let mut busy = false;
         while !stop.load(Ordering::Acquire) {
-            // A failed wait is retried on the next pass; the tick bounds it.
-            let _ = self
-                .parts
-                .doorbell
-                .wait(Some(if busy { Duration::ZERO } else { TICK }));
+            if !busy {
+                // A failed wait is retried on the next pass; the tick bounds it.
+                let _ = self.parts.doorbell.wait(Some(TICK));
+            }
             if self.parts.faults.hang.load(Ordering::SeqCst) {
                 busy = false;
                 continue;
@@ -257,7 +271,7 @@ impl Core {
                 outbox.post(id, seq, reply);
             }
             other => match self.sessions.get_mut(&id) {
-                Some(s) => s.command(seq, other, outbox),
+                Some(s) => s.command(seq, other, &self.parts.faults, outbox),
                 None => outbox.post(id, seq, ack(Status::NoEntity, "no such session")),
             },
         }

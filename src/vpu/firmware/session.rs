@@ -129,8 +129,8 @@ impl FwSession {
         }
     }
 
-    pub(crate) fn command(&mut self, seq: u32, cmd: Command, outbox: &mut Outbox) {
-        let reply = match self.apply(cmd, outbox) {
+    pub(crate) fn command(&mut self, seq: u32, cmd: Command, faults: &Faults, outbox: &mut Outbox) {
+        let reply = match self.apply(cmd, faults, outbox) {
             Ok(None) => return,
             Ok(Some(())) => Response::Ack {
                 status: Status::Ok,
@@ -142,7 +142,12 @@ impl FwSession {
     }
 
     /// `Ok(None)`: the command needs no acknowledgement (queueing a buffer).
-    fn apply(&mut self, cmd: Command, outbox: &mut Outbox) -> Result<Option<()>, (Status, String)> {
+    fn apply(
+        &mut self,
+        cmd: Command,
+        faults: &Faults,
+        outbox: &mut Outbox,
+    ) -> Result<Option<()>, (Status, String)> {
         let bad = |text: String| (Status::BadArgument, text);
         match cmd {
             Command::SetFormat {
@@ -351,6 +356,12 @@ impl FwSession {
                 size,
                 planes,
             } => {
+                if faults.fixed_layout() {
+                    return Err((
+                        Status::Unsupported,
+                        "this VPU lays its buffers out itself (fixed layout)".into(),
+                    ));
+                }
                 let q = self.queue_mut(queue);
                 if q.streaming {
                     return Err((Status::BadState, format!("{queue} is streaming")));
