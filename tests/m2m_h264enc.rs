@@ -278,8 +278,8 @@ fn bad_formats_and_controls_are_refused_with_the_reason() {
         .to_string();
     assert!(e.contains("30/0"), "{e}");
     assert!(
-        vpu.open(Role::Decoder, PixelFormat::H264).is_err(),
-        "no H.264 decoder engine here"
+        vpu.open(Role::Encoder, PixelFormat::I420).is_err(),
+        "a raw format is no codec to encode to"
     );
 }
 
