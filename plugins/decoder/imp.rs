@@ -428,8 +428,14 @@ impl VpuDec {
         engine: &Engine,
         format: &Format,
     ) -> Option<(MetaLayout, gst_video::VideoInfo)> {
-        let wanted = match formats::default_layout(format) {
-            Ok(f) => f,
+        // Everything GStreamer needs is computed before the VPU is asked, so
+        // the VPU never writes a layout the element does not describe.
+        let wanted = formats::default_layout(format).and_then(|f| {
+            let described = MetaLayout::of(&f).and_then(|l| Ok((l, formats::video_info(&f)?)));
+            described.map(|d| (f, d))
+        });
+        let (wanted, described) = match wanted {
+            Ok(v) => v,
             Err(e) => {
                 gst::warning!(
                     self.cat(),
@@ -439,40 +445,41 @@ impl VpuDec {
                 return None;
             }
         };
-        let effective = match engine.set_capture_layout(&wanted) {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                gst::debug!(
-                    self.cat(),
-                    imp = self,
-                    "the VPU keeps its own CAPTURE layout"
-                );
-                return None;
-            }
-            Err(e) => {
-                gst::warning!(
-                    self.cat(),
-                    imp = self,
-                    "the VPU refused GStreamer's default layout: {e}"
-                );
-                return None;
-            }
-        };
-        match MetaLayout::of(&effective).and_then(|l| Ok((l, formats::video_info(&effective)?))) {
-            Ok(v) => {
+        match engine.set_capture_layout(&wanted) {
+            Ok(Some(f)) if f.planes == wanted.planes && f.size == wanted.size => {
                 gst::info!(
                     self.cat(),
                     imp = self,
                     "downstream takes no GstVideoMeta: the VPU writes GStreamer's default layout \
                      (no copy)"
                 );
-                Some(v)
+                Some(described)
+            }
+            Ok(Some(f)) => {
+                // Not what was asked: back to the VPU's own layout, and copy.
+                gst::warning!(
+                    self.cat(),
+                    imp = self,
+                    "the VPU took layout {f:?} for {wanted:?}: keeping its own"
+                );
+                if let Err(e) = engine.set_capture_format(format) {
+                    gst::warning!(self.cat(), imp = self, "restoring the CAPTURE format: {e}");
+                }
+                None
+            }
+            Ok(None) => {
+                gst::debug!(
+                    self.cat(),
+                    imp = self,
+                    "the VPU keeps its own CAPTURE layout"
+                );
+                None
             }
             Err(e) => {
                 gst::warning!(
                     self.cat(),
                     imp = self,
-                    "the VPU's layout {effective:?}: {e}"
+                    "the VPU refused GStreamer's default layout: {e}"
                 );
                 None
             }

@@ -165,6 +165,9 @@ impl EmuSession {
         cmds: &[Command],
         refused: impl Fn(Status, String) -> M2mError,
     ) -> Result<(), M2mError> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
         self.check_fault()?;
         let seqs = cmds
             .iter()
