@@ -62,12 +62,22 @@ fn decode_h264_matches_avdec_h264() {
     run(
         "decode-h264.sh",
         &[],
-        "decode-h264: OK, 60 frames identical to avdec_h264 (640x360 high)",
+        "decode-h264: OK, 60 frames identical to avdec_h264 (640x360 high, x264enc)",
     );
     run(
         "decode-h264.sh",
         &["30", "320", "240", "constrained-baseline"],
-        "decode-h264: OK, 30 frames identical to avdec_h264 (320x240 constrained-baseline)",
+        "decode-h264: OK, 30 frames identical to avdec_h264 (320x240 constrained-baseline, x264enc)",
+    );
+}
+
+#[test]
+fn h264_round_trips_through_our_encoder_and_decoder() {
+    // vpuh264enc -> mp4 -> vpuh264dec, frame by frame equal to avdec_h264.
+    run(
+        "decode-h264.sh",
+        &["30", "640", "480", "high", "vpuh264enc"],
+        "decode-h264: OK, 30 frames identical to avdec_h264 (640x480 high, vpuh264enc)",
     );
 }
 
