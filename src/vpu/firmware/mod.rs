@@ -13,6 +13,7 @@
 //! slowly, to prove the host survives each.
 
 mod decoder;
+mod drain;
 mod encoder;
 mod h264dec;
 mod h264enc;
