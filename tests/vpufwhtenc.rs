@@ -21,7 +21,9 @@ use gstrsvpu::mem::{Checker, CheckerConfig, Coherency, Region};
 use gstrsvpu::sys::DmaBackend;
 use gstrsvpu::vpu::codec::fwht::{self, EncoderParams, parse_header};
 
+mod pipeline_support;
 mod vpufwhtenc_support;
+use pipeline_support::start_errors;
 use vpufwhtenc_support::*;
 
 #[test]
@@ -430,19 +432,8 @@ fn flush_restarts_with_a_key_frame() {
 #[test]
 fn a_device_that_cannot_open_is_a_clear_error() {
     init();
-    let pipeline = gst::parse::launch(
-        "videotestsrc num-buffers=2 ! vpufwhtenc device=/dev/video99 ! fakesink",
-    )
-    .unwrap();
-    assert!(pipeline.set_state(gst::State::Playing).is_err());
-    let bus = pipeline.bus().unwrap();
-    let mut errors = Vec::new();
-    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
-        if let gst::MessageView::Error(e) = msg.view() {
-            errors.push(format!("{} {:?}", e.error(), e.debug()));
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
+    let errors =
+        start_errors("videotestsrc num-buffers=2 ! vpufwhtenc device=/dev/video99 ! fakesink");
     // Ours first, naming the device; GstVideoEncoder then adds its generic
     // "Failed to open encoder" (LIBRARY/INIT), as for every encoder whose
     // open fails.
