@@ -212,12 +212,7 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
     if feed.is_some() {
-        let src = pipeline.by_name("src").expect("appsrc");
-        for b in buffers {
-            let r = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
-            assert_eq!(r, gst::FlowReturn::Ok, "appsrc takes the buffer");
-        }
-        let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+        common::feed(&pipeline, buffers);
     }
     wait_eos(&pipeline);
     let elapsed = t.elapsed();

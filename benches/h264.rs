@@ -31,7 +31,7 @@ use std::time::Instant;
 use gst::prelude::*;
 
 mod common;
-use common::{Plan, cpu_secs, launch, loadavg, median, plan, wait_eos};
+use common::{Plan, cpu_secs, feed, launch, loadavg, median, plan, wait_eos};
 
 struct Coded {
     caps: gst::Caps,
@@ -101,16 +101,7 @@ fn run(coded: &Coded, decoder: &str) -> (f64, f64, u64) {
     pipeline.set_state(gst::State::Ready).unwrap();
     let (t0, c0) = (Instant::now(), cpu_secs());
     pipeline.set_state(gst::State::Playing).unwrap();
-    for b in &coded.units {
-        let ret = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[b]);
-        assert_eq!(
-            ret,
-            gst::FlowReturn::Ok,
-            "{decoder}: appsrc refused a buffer"
-        );
-    }
-    let ret = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
-    assert_eq!(ret, gst::FlowReturn::Ok, "{decoder}: appsrc refused EOS");
+    feed(&pipeline, coded.units.iter().cloned());
     wait_eos(&pipeline);
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - c0);
     pipeline.set_state(gst::State::Null).unwrap();

@@ -30,7 +30,7 @@ use std::time::Instant;
 use gst::prelude::*;
 
 mod common;
-use common::{Plan, capture, cpu_secs, loadavg, median, plan, raw_caps, wait_eos};
+use common::{Plan, capture, cpu_secs, feed, loadavg, median, plan, raw_caps, wait_eos};
 
 struct Run {
     secs: f64,
@@ -75,12 +75,7 @@ fn run(encoder: &str, w: u32, h: u32, frames: &[gst::Buffer]) -> Run {
     let cpu0 = cpu_secs();
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
-    let src = pipeline.by_name("src").expect("appsrc");
-    for b in buffers {
-        let r = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
-        assert_eq!(r, gst::FlowReturn::Ok, "appsrc takes the buffer");
-    }
-    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    feed(&pipeline, buffers);
     wait_eos(&pipeline);
     let secs = t.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu0;

@@ -128,6 +128,17 @@ pub fn capture(
     (frames, info.expect("at least one frame"))
 }
 
+/// Hands `buffers`, then EOS, to the pipeline's `appsrc name=src`. A
+/// refused EOS is left to [`wait_eos`], which reports the pipeline's error.
+pub fn feed(pipeline: &gst::Pipeline, buffers: impl IntoIterator<Item = gst::Buffer>) {
+    let src = pipeline.by_name("src").expect("appsrc");
+    for b in buffers {
+        let r = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
+        assert_eq!(r, gst::FlowReturn::Ok, "appsrc takes the buffer");
+    }
+    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+}
+
 /// Waits up to 300 s for EOS; a pipeline error panics with its source.
 pub fn wait_eos(pipeline: &gst::Pipeline) {
     let bus = pipeline.bus().expect("bus");
