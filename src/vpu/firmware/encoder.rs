@@ -8,6 +8,7 @@
 
 use super::Faults;
 use super::drain::Drain;
+use super::encode::{capture_done, output_done, raw_frame, set_capture_format};
 use super::session::{FwQueue, QueuedBuffer, Sink, control_name};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::fwht::{EncoderParams, FwhtEncoder};
@@ -54,16 +55,7 @@ impl Encoder {
                 capture.format = Some(coded);
             }
             QueueKind::Capture => {
-                if pixfmt != PixelFormat::Fwht {
-                    return Err(format!("encoder CAPTURE gives FWHT, not {pixfmt}"));
-                }
-                if capture.format.is_none() {
-                    capture.format = Some(Format::coded(
-                        PixelFormat::Fwht,
-                        width.max(1),
-                        height.max(1),
-                    ));
-                }
+                set_capture_format(capture, PixelFormat::Fwht, pixfmt, width, height)?;
             }
         }
         Ok(())
@@ -161,52 +153,22 @@ impl Encoder {
             timestamp: src.timestamp,
             ..dst
         };
-        let result = match (self.codec.as_mut(), raw) {
-            (Some(codec), Some(raw)) if src.bytesused >= raw.size => {
-                if src.flags.contains(BufferFlags::KEYFRAME) {
-                    codec.force_keyframe();
-                }
-                let input = src.region.device_read();
-                let mut output = dst.region.device_write();
-                codec
-                    .encode(&input[..raw.size], &mut output)
-                    .map_err(|e| e.to_string())
+        let result = raw_frame(&src, raw).and_then(|raw| {
+            let codec = self
+                .codec
+                .as_mut()
+                .ok_or_else(|| "OUTPUT has no format".to_owned())?;
+            if src.flags.contains(BufferFlags::KEYFRAME) {
+                codec.force_keyframe();
             }
-            (Some(_), Some(raw)) => Err(format!(
-                "OUTPUT buffer {} holds {} bytes, a {}x{} {} frame needs {}",
-                src.index, src.bytesused, raw.width, raw.height, raw.pixelformat, raw.size
-            )),
-            _ => Err("OUTPUT has no format".to_owned()),
-        };
-        let delay = faults.frame_delay();
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        sink.done(
-            QueueKind::Output,
-            &src,
-            src.bytesused,
-            BufferFlags::NONE,
-            0,
-            "",
-        );
-        match result {
-            Ok(enc) => {
-                let kind = if enc.keyframe {
-                    BufferFlags::KEYFRAME
-                } else {
-                    BufferFlags::PFRAME
-                };
-                sink.done(QueueKind::Capture, &dst, enc.bytes, kind, seq, "");
-            }
-            Err(reason) => sink.done(
-                QueueKind::Capture,
-                &dst,
-                0,
-                BufferFlags::ERROR,
-                seq,
-                &reason,
-            ),
-        }
+            let input = src.region.device_read();
+            let mut output = dst.region.device_write();
+            codec
+                .encode(&input[..raw.size], &mut output)
+                .map(|enc| (enc.bytes, enc.keyframe))
+                .map_err(|e| e.to_string())
+        });
+        output_done(&src, faults, sink);
+        capture_done(&dst, seq, result, sink);
     }
 }

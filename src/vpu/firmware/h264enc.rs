@@ -37,6 +37,7 @@ use std::collections::VecDeque;
 
 use super::Faults;
 use super::drain::Drain;
+use super::encode::{capture_done, output_done, raw_frame, set_capture_format};
 use super::session::{FwQueue, QueuedBuffer, Sink, control_name};
 use crate::m2m::{
     BitrateMode, BufferFlags, Colorimetry, Format, H264Level, H264Profile, PixelFormat, QueueKind,
@@ -104,16 +105,7 @@ impl H264Engine {
                 capture.format = Some(coded);
             }
             QueueKind::Capture => {
-                if pixfmt != PixelFormat::H264 {
-                    return Err(format!("encoder CAPTURE gives H264, not {pixfmt}"));
-                }
-                if capture.format.is_none() {
-                    capture.format = Some(Format::coded(
-                        PixelFormat::H264,
-                        width.max(1),
-                        height.max(1),
-                    ));
-                }
+                set_capture_format(capture, PixelFormat::H264, pixfmt, width, height)?;
             }
         }
         Ok(())
@@ -305,24 +297,7 @@ impl H264Engine {
             Pending::Error { timestamp, reason } => (timestamp, Err(reason)),
         };
         let dst = QueuedBuffer { timestamp, ..dst };
-        match result {
-            Ok((bytes, key)) => {
-                let kind = if key {
-                    BufferFlags::KEYFRAME
-                } else {
-                    BufferFlags::PFRAME
-                };
-                sink.done(QueueKind::Capture, &dst, bytes, kind, seq, "");
-            }
-            Err(reason) => sink.done(
-                QueueKind::Capture,
-                &dst,
-                0,
-                BufferFlags::ERROR,
-                seq,
-                &reason,
-            ),
-        }
+        capture_done(&dst, seq, result, sink);
     }
 
     fn encode(
@@ -333,32 +308,18 @@ impl H264Engine {
         sink: &mut Sink<'_>,
     ) {
         let pts = self.next_pts;
-        let result = match (self.codec.as_mut(), raw) {
-            (Some(codec), Some(raw)) if src.bytesused >= raw.size => {
-                let idr = src.flags.contains(BufferFlags::KEYFRAME);
-                let input = src.region.device_read();
-                codec
-                    .encode(&input[..raw.size], pts, idr)
-                    .map_err(|e| e.to_string())
-            }
-            (Some(_), Some(raw)) => Err(format!(
-                "OUTPUT buffer {} holds {} bytes, a {}x{} {} frame needs {}",
-                src.index, src.bytesused, raw.width, raw.height, raw.pixelformat, raw.size
-            )),
-            _ => Err("OUTPUT has no format".to_owned()),
-        };
-        let delay = faults.frame_delay();
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        sink.done(
-            QueueKind::Output,
-            &src,
-            src.bytesused,
-            BufferFlags::NONE,
-            0,
-            "",
-        );
+        let result = raw_frame(&src, raw).and_then(|raw| {
+            let codec = self
+                .codec
+                .as_mut()
+                .ok_or_else(|| "OUTPUT has no format".to_owned())?;
+            let idr = src.flags.contains(BufferFlags::KEYFRAME);
+            let input = src.region.device_read();
+            codec
+                .encode(&input[..raw.size], pts, idr)
+                .map_err(|e| e.to_string())
+        });
+        output_done(&src, faults, sink);
         let received = result.and_then(|()| {
             self.next_pts += 1;
             self.in_codec.push_back((pts, src.timestamp));

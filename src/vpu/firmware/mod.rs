@@ -14,6 +14,7 @@
 
 mod decoder;
 mod drain;
+mod encode;
 mod encoder;
 mod h264dec;
 mod h264enc;
