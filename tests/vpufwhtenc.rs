@@ -23,7 +23,7 @@ use gstrsvpu::vpu::codec::fwht::{self, EncoderParams, parse_header};
 
 mod pipeline_support;
 mod vpufwhtenc_support;
-use pipeline_support::start_errors;
+use pipeline_support::{assert_blurbs, start_errors};
 use vpufwhtenc_support::*;
 
 #[test]
@@ -344,20 +344,17 @@ fn properties_read_like_a_manual() {
     );
     assert!(factory.metadata("description").unwrap().len() > 100);
     let enc = factory.create().build().unwrap();
-    for name in [
-        "gop-size",
-        "i-frame-qp",
-        "p-frame-qp",
-        "device",
-        "memory-policy",
-        "stats",
-    ] {
-        let p = enc.find_property(name).unwrap_or_else(|| panic!("{name}"));
-        assert!(
-            p.blurb().is_some_and(|b| b.len() > 40),
-            "{name} has a blurb"
-        );
-    }
+    assert_blurbs(
+        &enc,
+        &[
+            "gop-size",
+            "i-frame-qp",
+            "p-frame-qp",
+            "device",
+            "memory-policy",
+            "stats",
+        ],
+    );
     assert_eq!(enc.property::<u32>("gop-size"), 10);
     assert_eq!(enc.property::<u32>("i-frame-qp"), 20);
     assert_eq!(enc.property::<u32>("p-frame-qp"), 20);

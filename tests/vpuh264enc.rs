@@ -18,7 +18,7 @@ use gst::prelude::*;
 use gst_video::prelude::*;
 
 mod pipeline_support;
-use pipeline_support::{collect, launch, play_to_eos, start_errors, stats};
+use pipeline_support::{assert_blurbs, collect, launch, play_to_eos, start_errors, stats};
 
 const W: u32 = 320;
 const H: u32 = 240;
@@ -588,24 +588,21 @@ fn properties_read_like_a_manual() {
     );
     assert_eq!(factory.rank(), gst::Rank::SECONDARY);
     let enc = factory.create().build().unwrap();
-    for name in [
-        "bitrate",
-        "rate-control",
-        "gop-size",
-        "qp-min",
-        "qp-max",
-        "quantizer",
-        "extra-controls",
-        "device",
-        "memory-policy",
-        "stats",
-    ] {
-        let p = enc.find_property(name).unwrap_or_else(|| panic!("{name}"));
-        assert!(
-            p.blurb().is_some_and(|b| b.len() > 40),
-            "{name} has a blurb"
-        );
-    }
+    assert_blurbs(
+        &enc,
+        &[
+            "bitrate",
+            "rate-control",
+            "gop-size",
+            "qp-min",
+            "qp-max",
+            "quantizer",
+            "extra-controls",
+            "device",
+            "memory-policy",
+            "stats",
+        ],
+    );
     assert!(
         enc.find_property("bitrate")
             .unwrap()

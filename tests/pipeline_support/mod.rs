@@ -66,6 +66,20 @@ pub fn collect(sink: &gst::Element) -> Received {
     got
 }
 
+/// Every property in `names` exists on `element` and has a blurb that
+/// explains it (more than 40 characters).
+pub fn assert_blurbs(element: &gst::Element, names: &[&str]) {
+    for name in names {
+        let p = element
+            .find_property(name)
+            .unwrap_or_else(|| panic!("no property {name}"));
+        assert!(
+            p.blurb().is_some_and(|b| b.len() > 40),
+            "{name} has a blurb"
+        );
+    }
+}
+
 /// The error messages (text and debug) of `desc`, a pipeline that must
 /// fail to reach PLAYING.
 pub fn start_errors(desc: &str) -> Vec<String> {
