@@ -71,58 +71,8 @@ use gst_video::prelude::*;
 use gstrsvpu::m2m::{Format, PixelFormat, PlaneLayout};
 use gstrsvpu::vpu::codec::fwht::{EncoderParams, FwhtDecoder, FwhtEncoder};
 
-fn benching() -> bool {
-    std::env::args().any(|a| a == "--bench")
-}
-
-fn env_num(name: &str) -> Option<usize> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn raw_caps(w: u32, h: u32) -> String {
-    format!("video/x-raw,format=I420,width={w},height={h},framerate=30/1")
-}
-
-/// `n` frames of `videotestsrc pattern=ball`, as videotestsrc lays them out.
-fn capture(w: u32, h: u32, n: usize) -> (Vec<gst::Buffer>, gst_video::VideoInfo) {
-    let pipeline = gst::parse::launch(&format!(
-        "videotestsrc pattern=ball num-buffers={n} ! {} ! appsink name=sink sync=false",
-        raw_caps(w, h)
-    ))
-    .expect("capture pipeline")
-    .downcast::<gst::Pipeline>()
-    .expect("a pipeline");
-    let sink = pipeline.by_name("sink").expect("appsink");
-    pipeline
-        .set_state(gst::State::Playing)
-        .expect("capture plays");
-    let mut frames = Vec::with_capacity(n);
-    let mut info = None;
-    while let Some(sample) = sink.emit_by_name::<Option<gst::Sample>>("pull-sample", &[]) {
-        if info.is_none() {
-            let caps = sample.caps().expect("sample caps");
-            info = Some(gst_video::VideoInfo::from_caps(caps).expect("video caps"));
-        }
-        frames.push(sample.buffer_owned().expect("sample buffer"));
-    }
-    pipeline.set_state(gst::State::Null).expect("capture stops");
-    assert_eq!(frames.len(), n, "videotestsrc gave every frame");
-    (frames, info.expect("at least one frame"))
-}
+mod common;
+use common::{Plan, capture, cpu_secs, loadavg, median, plan, raw_caps, wait_eos};
 
 /// `buf` re-laid per `raw`: vicodec strides, padding zeroed.
 fn to_layout(buf: &gst::Buffer, info: &gst_video::VideoInfo, raw: &Format) -> Vec<u8> {
@@ -196,21 +146,6 @@ fn vpu_syncs() -> u64 {
     s.syncs_for_device + s.syncs_for_cpu
 }
 
-/// CPU time consumed so far by the threads of this process that are
-/// alive now (sum of `/proc/self/task/*/schedstat`, nanosecond resolution).
-/// Read at EOS, before the pipeline goes to NULL, so its threads count.
-fn cpu_secs() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    let ns: u64 = dir
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    ns as f64 / 1e9
-}
-
 fn print_threads() {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return;
@@ -241,31 +176,11 @@ fn print_threads() {
     }
 }
 
-fn wait_eos(pipeline: &gst::Pipeline) {
-    let bus = pipeline.bus().expect("bus");
-    for msg in bus.iter_timed(gst::ClockTime::from_seconds(300)) {
-        match msg.view() {
-            gst::MessageView::Eos(..) => return,
-            gst::MessageView::Error(e) => panic!(
-                "pipeline error from {:?}: {} ({:?})",
-                e.src().map(|s| s.path_string()),
-                e.error(),
-                e.debug()
-            ),
-            _ => {}
-        }
-    }
-    panic!("no EOS within 300 s");
-}
-
 /// One timed run of `launch`, whose element `codec` is the one measured;
 /// `feed` hands the input to the element named `src` (if any) right after
 /// the pipeline is set to PLAYING.
 fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
-    let pipeline = gst::parse::launch(launch)
-        .expect("pipeline")
-        .downcast::<gst::Pipeline>()
-        .expect("a pipeline");
+    let pipeline = common::launch(launch);
     let codec = pipeline.by_name("codec");
     pipeline.set_state(gst::State::Ready).expect("READY");
     let syncs_before = vpu_syncs();
@@ -297,12 +212,7 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
     if feed.is_some() {
-        let src = pipeline.by_name("src").expect("appsrc");
-        for b in buffers {
-            let r = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
-            assert_eq!(r, gst::FlowReturn::Ok, "appsrc takes the buffer");
-        }
-        let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+        common::feed(&pipeline, buffers);
     }
     wait_eos(&pipeline);
     let elapsed = t.elapsed();
@@ -435,7 +345,7 @@ fn print_row(r: &Row) {
 }
 
 fn measure(w: u32, h: u32, n: usize, runs: usize) {
-    let (frames, info) = capture(w, h, n);
+    let (frames, info) = capture("pattern=ball", w, h, n);
     let raw = Format::raw(PixelFormat::I420, w, h).expect("I420 layout");
     let laid: Vec<Vec<u8>> = frames.iter().map(|b| to_layout(b, &info, &raw)).collect();
 
@@ -525,22 +435,12 @@ fn measure(w: u32, h: u32, n: usize, runs: usize) {
 fn main() {
     gst::init().expect("gst init");
     gstrsvpu::plugin_register_static().expect("rsvpu registers");
-    let bench = benching();
-    let runs = if bench {
-        env_num("ELEMENTS_BENCH_RUNS").unwrap_or(5)
-    } else {
-        1
-    };
-    let frames = env_num("ELEMENTS_BENCH_FRAMES");
-    let only = std::env::var("ELEMENTS_BENCH_SIZE").ok();
-    let sizes: Vec<(u32, u32, usize)> = if bench {
-        [(640, 480, 600), (1920, 1080, 120)]
-            .into_iter()
-            .filter(|(w, h, _)| only.as_deref().is_none_or(|s| s == format!("{w}x{h}")))
-            .collect()
-    } else {
-        vec![(64, 48, 3)]
-    };
+    let Plan { runs, sizes } = plan(
+        "ELEMENTS",
+        5,
+        &[(640, 480, 600), (1920, 1080, 120)],
+        (64, 48, 3),
+    );
     println!(
         "FWHT I420, videotestsrc pattern=ball frames, GOP 10, QP 20/20, median of {runs} runs, frames/s"
     );
@@ -571,7 +471,7 @@ fn main() {
          copies/f, syncs/f, vpu us: last run; the rest: medians)"
     );
     for (w, h, n) in sizes {
-        measure(w, h, frames.unwrap_or(n), runs);
+        measure(w, h, n, runs);
     }
     println!("load average after: {}", loadavg());
 }

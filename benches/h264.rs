@@ -30,47 +30,8 @@ use std::time::Instant;
 
 use gst::prelude::*;
 
-fn benching() -> bool {
-    std::env::args().any(|a| a == "--bench")
-}
-
-fn env_num(name: &str) -> Option<usize> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
-}
-
-/// CPU seconds of the process's live threads.
-fn cpu_secs() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    let ns: u64 = dir
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    ns as f64 / 1e9
-}
-
-fn launch(desc: &str) -> gst::Pipeline {
-    gst::parse::launch(desc)
-        .unwrap_or_else(|e| panic!("{desc}: {e}"))
-        .downcast::<gst::Pipeline>()
-        .unwrap()
-}
+mod common;
+use common::{Plan, cpu_secs, feed, launch, loadavg, median, plan, wait_eos};
 
 struct Coded {
     caps: gst::Caps,
@@ -140,25 +101,9 @@ fn run(coded: &Coded, decoder: &str) -> (f64, f64, u64) {
     pipeline.set_state(gst::State::Ready).unwrap();
     let (t0, c0) = (Instant::now(), cpu_secs());
     pipeline.set_state(gst::State::Playing).unwrap();
-    for b in &coded.units {
-        let ret = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[b]);
-        assert_eq!(
-            ret,
-            gst::FlowReturn::Ok,
-            "{decoder}: appsrc refused a buffer"
-        );
-    }
-    let ret = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
-    assert_eq!(ret, gst::FlowReturn::Ok, "{decoder}: appsrc refused EOS");
-    let msg = pipeline.bus().unwrap().timed_pop_filtered(
-        gst::ClockTime::from_seconds(300),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
+    feed(&pipeline, coded.units.iter().cloned());
+    wait_eos(&pipeline);
     let (wall, cpu) = (t0.elapsed().as_secs_f64(), cpu_secs() - c0);
-    match msg.as_ref().map(|m| m.view()) {
-        Some(gst::MessageView::Eos(_)) => {}
-        other => panic!("{decoder}: {other:?}"),
-    }
     pipeline.set_state(gst::State::Null).unwrap();
     (wall, cpu, frames.load(std::sync::atomic::Ordering::Relaxed))
 }
@@ -166,39 +111,24 @@ fn run(coded: &Coded, decoder: &str) -> (f64, f64, u64) {
 fn main() {
     gst::init().expect("gst init");
     gstrsvpu::plugin_register_static().expect("rsvpu registers");
-    let bench = benching();
-    let runs = if bench {
-        env_num("H264_BENCH_RUNS").unwrap_or(3)
-    } else {
-        1
-    };
-    let frames = if bench {
-        env_num("H264_BENCH_FRAMES").unwrap_or(120)
-    } else {
-        10
-    };
-    let only = std::env::var("H264_BENCH_SIZE").ok();
-    let sizes: &[(u32, u32)] = if bench {
-        &[(1280, 720), (1920, 1080)]
-    } else {
-        &[(320, 240)]
-    };
+    let Plan { runs, sizes } = plan(
+        "H264",
+        3,
+        &[(1280, 720, 120), (1920, 1080, 120)],
+        (320, 240, 10),
+    );
     let decoders = ["avdec_h264", "vpuh264dec", "openh264dec"];
     println!(
-        "H.264 decode, x264enc High (2 B-frames), {frames} frames, median of {runs} run(s); \
-         load average {}",
+        "H.264 decode, x264enc High (2 B-frames), median of {runs} run(s); load average {}",
         loadavg()
     );
-    for &(w, h) in sizes {
-        if only.as_deref().is_some_and(|s| s != format!("{w}x{h}")) {
-            continue;
-        }
+    for (w, h, frames) in sizes {
         for (name, pattern) in [
             ("ball", "pattern=ball"),
             ("scrolling smpte", "pattern=smpte horizontal-speed=4"),
         ] {
             let coded = encode(pattern, w, h, frames);
-            println!("{w}x{h} {name} ({} bytes):", {
+            println!("{w}x{h} {name} ({frames} frames, {} bytes):", {
                 coded.units.iter().map(|b| b.size()).sum::<usize>()
             });
             let mut reference = None;

@@ -29,84 +29,8 @@ use std::time::Instant;
 
 use gst::prelude::*;
 
-fn benching() -> bool {
-    std::env::args().any(|a| a == "--bench")
-}
-
-fn env_num(name: &str) -> Option<usize> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn raw_caps(w: u32, h: u32) -> String {
-    format!("video/x-raw,format=I420,width={w},height={h},framerate=30/1")
-}
-
-/// `n` frames of the clip, as videotestsrc lays them out.
-fn capture(w: u32, h: u32, n: usize) -> Vec<gst::Buffer> {
-    let pipeline = gst::parse::launch(&format!(
-        "videotestsrc pattern=smpte horizontal-speed=3 num-buffers={n} ! {} \
-         ! appsink name=sink sync=false",
-        raw_caps(w, h)
-    ))
-    .expect("capture pipeline")
-    .downcast::<gst::Pipeline>()
-    .expect("a pipeline");
-    let sink = pipeline.by_name("sink").expect("appsink");
-    pipeline
-        .set_state(gst::State::Playing)
-        .expect("capture plays");
-    let mut frames = Vec::with_capacity(n);
-    while let Some(sample) = sink.emit_by_name::<Option<gst::Sample>>("pull-sample", &[]) {
-        frames.push(sample.buffer_owned().expect("sample buffer"));
-    }
-    pipeline.set_state(gst::State::Null).expect("capture stops");
-    assert_eq!(frames.len(), n, "videotestsrc gave every frame");
-    frames
-}
-
-/// CPU time consumed so far by the live threads of this process.
-fn cpu_secs() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    let ns: u64 = dir
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    ns as f64 / 1e9
-}
-
-fn wait_eos(pipeline: &gst::Pipeline) {
-    let bus = pipeline.bus().expect("bus");
-    for msg in bus.iter_timed(gst::ClockTime::from_seconds(300)) {
-        match msg.view() {
-            gst::MessageView::Eos(..) => return,
-            gst::MessageView::Error(e) => panic!(
-                "pipeline error from {:?}: {} ({:?})",
-                e.src().map(|s| s.path_string()),
-                e.error(),
-                e.debug()
-            ),
-            _ => {}
-        }
-    }
-    panic!("no EOS within 300 s");
-}
+mod common;
+use common::{Plan, capture, cpu_secs, feed, loadavg, median, plan, raw_caps, wait_eos};
 
 struct Run {
     secs: f64,
@@ -122,10 +46,7 @@ fn run(encoder: &str, w: u32, h: u32, frames: &[gst::Buffer]) -> Run {
          signal-handoffs=true",
         raw_caps(w, h)
     );
-    let pipeline = gst::parse::launch(&launch)
-        .unwrap_or_else(|e| panic!("{launch}: {e}"))
-        .downcast::<gst::Pipeline>()
-        .expect("a pipeline");
+    let pipeline = common::launch(&launch);
     let out: Arc<Mutex<(usize, usize)>> = Arc::default();
     let out2 = Arc::clone(&out);
     pipeline
@@ -154,12 +75,7 @@ fn run(encoder: &str, w: u32, h: u32, frames: &[gst::Buffer]) -> Run {
     let cpu0 = cpu_secs();
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
-    let src = pipeline.by_name("src").expect("appsrc");
-    for b in buffers {
-        let r = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
-        assert_eq!(r, gst::FlowReturn::Ok, "appsrc takes the buffer");
-    }
-    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    feed(&pipeline, buffers);
     wait_eos(&pipeline);
     let secs = t.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu0;
@@ -174,7 +90,7 @@ fn run(encoder: &str, w: u32, h: u32, frames: &[gst::Buffer]) -> Run {
 }
 
 fn measure(w: u32, h: u32, n: usize, runs: usize, kbps: u32) {
-    let frames = capture(w, h, n);
+    let (frames, _) = capture("pattern=smpte horizontal-speed=3", w, h, n);
     let encoders = [
         ("vpuh264enc", format!("vpuh264enc bitrate={kbps}")),
         (
@@ -230,22 +146,12 @@ fn main() {
             "{f} is missing (scripts/setup.sh installs the peers)"
         );
     }
-    let bench = benching();
-    let runs = if bench {
-        env_num("H264ENC_BENCH_RUNS").unwrap_or(3)
-    } else {
-        1
-    };
-    let frames = env_num("H264ENC_BENCH_FRAMES");
-    let only = std::env::var("H264ENC_BENCH_SIZE").ok();
-    let sizes: Vec<(u32, u32, usize)> = if bench {
-        [(1280, 720, 90), (1920, 1080, 60)]
-            .into_iter()
-            .filter(|(w, h, _)| only.as_deref().is_none_or(|s| s == format!("{w}x{h}")))
-            .collect()
-    } else {
-        vec![(160, 120, 3)]
-    };
+    let Plan { runs, sizes } = plan(
+        "H264ENC",
+        3,
+        &[(1280, 720, 90), (1920, 1080, 60)],
+        (160, 120, 3),
+    );
     let kbps = 4000;
     println!(
         "H.264 encoders, I420, videotestsrc pattern=smpte horizontal-speed=3 frames, \
@@ -262,7 +168,7 @@ fn main() {
          in vpuh264enc's configuration)"
     );
     for (w, h, n) in sizes {
-        measure(w, h, frames.unwrap_or(n), runs, kbps);
+        measure(w, h, n, runs, kbps);
     }
     println!("load average after: {}", loadavg());
 }

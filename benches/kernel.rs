@@ -31,6 +31,9 @@ use std::time::Instant;
 
 use gst::prelude::*;
 
+mod common;
+use common::{benching, env_num};
+
 const RAW: &str = "video/x-raw,format=I420,width=640,height=480,framerate=30/1";
 
 /// Buffer copies the v4l2 elements logged in `GST_PERFORMANCE` since the
@@ -139,7 +142,7 @@ fn run(
 }
 
 fn main() {
-    let full = std::env::args().any(|a| a == "--bench");
+    let full = benching();
     let nodes = ["/dev/video0", "/dev/video1"];
     if let Some(missing) = nodes.iter().find(|p| !Path::new(p).exists()) {
         println!(
@@ -148,10 +151,7 @@ fn main() {
         );
         return;
     }
-    let n: u64 = std::env::var("KERNEL_BENCH_FRAMES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if full { 300 } else { 10 });
+    let n = env_num("KERNEL_BENCH_FRAMES").unwrap_or(if full { 300 } else { 10 }) as u64;
 
     gst::init().unwrap();
     gstrsvpu::plugin_register_static().unwrap();

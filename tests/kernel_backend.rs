@@ -25,7 +25,10 @@ use gstrsvpu::m2m::{
 use gstrsvpu::mem::{Checker, CheckerConfig, Coherency, MemoryKind, Region};
 use gstrsvpu::sys::DmaBackend;
 use gstrsvpu::v4l2::{KernelDevice, KernelSession};
-use gstrsvpu::vpu::codec::fwht::{self, EncoderParams, FwhtDecoder, FwhtEncoder};
+use gstrsvpu::vpu::codec::fwht::{EncoderParams, FwhtDecoder, FwhtEncoder};
+
+mod m2m_support;
+use m2m_support::{Coded, encode_frames, frames, start_capture, start_decoder};
 
 const W: u32 = 640;
 const H: u32 = 480;
@@ -77,23 +80,6 @@ fn raw() -> Format {
     Format::raw(PixelFormat::I420, W, H).unwrap()
 }
 
-fn frames(raw: &Format, n: u32) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let mut f = vec![0; raw.size];
-            fwht::test_pattern(raw, i, &mut f);
-            f
-        })
-        .collect()
-}
-
-#[derive(Debug, Clone)]
-struct Coded {
-    data: Vec<u8>,
-    timestamp: u64,
-    keyframe: bool,
-}
-
 fn encode_on(dev: &KernelDevice, input: &[Vec<u8>], gop: u32) -> Vec<Coded> {
     let session = dev.open(Role::Encoder, PixelFormat::Fwht).unwrap();
     let mut enc = BlockingEncoder::new(session, &raw(), &[Control::GopSize(gop)], 3).unwrap();
@@ -107,23 +93,9 @@ fn encode_on(dev: &KernelDevice, input: &[Vec<u8>], gop: u32) -> Vec<Coded> {
         "vicodec lays 640x480 I420 out as we do"
     );
     assert_eq!(f.colorimetry.colorspace, 3, "vicodec's default: REC709");
-    let mut out = Vec::new();
-    let mut take = |b: &Buffer| {
-        assert!(!b.flags.contains(BufferFlags::ERROR), "{:?}", b.error);
+    encode_frames(&mut enc, input, 1_000_000_007, None, |b| {
         assert_eq!(b.region.kind(), MemoryKind::DmaBuf, "CAPTURE is exported");
-        out.push(Coded {
-            data: b.region.cpu_read()[..b.bytesused].to_vec(),
-            timestamp: b.timestamp,
-            keyframe: b.flags.contains(BufferFlags::KEYFRAME),
-        });
-        Ok(())
-    };
-    for (i, f) in input.iter().enumerate() {
-        enc.encode(f, 1_000_000_007 * i as u64, false, &mut take)
-            .unwrap();
-    }
-    enc.finish(&mut take).unwrap();
-    out
+    })
 }
 
 fn bare_encode(input: &[Vec<u8>], gop: u32) -> Vec<Vec<u8>> {
@@ -242,24 +214,7 @@ fn decoder_is_bit_exact_and_reads_the_drivers_format_back() {
 /// A decoder set up by hand up to streaming, first frame queued.
 fn manual_decoder(dev: &KernelDevice, first: &[u8]) -> (Box<dyn Session>, Vec<Buffer>) {
     let s = dev.open(Role::Decoder, PixelFormat::Fwht).unwrap();
-    s.set_format(QueueKind::Output, &Format::coded(PixelFormat::Fwht, W, H))
-        .unwrap();
-    let mut outs = s
-        .allocate_buffers(QueueKind::Output, 4, Memory::Allocate(Coherency::Coherent))
-        .unwrap();
-    s.stream_on(QueueKind::Output).unwrap();
-    let mut b = outs.remove(0);
-    b.region.cpu_write()[..first.len()].copy_from_slice(first);
-    b.bytesused = first.len();
-    s.queue(b).unwrap();
-    let sc = loop {
-        match s.wait_event(Duration::from_secs(10)).unwrap() {
-            Some(Event::SourceChange(sc)) => break sc,
-            Some(Event::BufferDone(b)) => outs.push(b),
-            None => panic!("no source change"),
-        }
-    };
-    assert_eq!((sc.format.width, sc.format.height), (W, H));
+    let (sc, outs) = start_decoder(&*s, first, (W, H), 4, Duration::from_secs(10));
     assert_eq!(sc.formats.first(), Some(&PixelFormat::I420));
     assert!(
         !sc.formats.contains(&PixelFormat::Yuyv) && !sc.formats.contains(&PixelFormat::Rgb24),
@@ -267,18 +222,7 @@ fn manual_decoder(dev: &KernelDevice, first: &[u8]) -> (Box<dyn Session>, Vec<Bu
         sc.formats
     );
     assert_eq!(s.enum_formats(QueueKind::Capture), sc.formats);
-    s.set_format(QueueKind::Capture, &sc.format).unwrap();
-    let caps = s
-        .allocate_buffers(
-            QueueKind::Capture,
-            sc.min_capture_buffers + 3,
-            Memory::Allocate(Coherency::Coherent),
-        )
-        .unwrap();
-    s.stream_on(QueueKind::Capture).unwrap();
-    for c in caps {
-        s.queue(c).unwrap();
-    }
+    start_capture(&*s, &sc.format, sc.min_capture_buffers + 3);
     (s, outs)
 }
 

@@ -20,6 +20,9 @@ use std::sync::{Arc, Mutex};
 
 use gst::prelude::*;
 
+mod pipeline_support;
+use pipeline_support::{launch, play_to_eos, stats};
+
 const N: u64 = 30;
 
 #[test]
@@ -89,10 +92,7 @@ fn play(imports: &Mutex<Vec<String>>) -> (u64, u64, u64, usize, gst::Structure) 
          ! vpufwhtdec name=vpu device=/dev/video1 \
          ! kmssink name=sink driver-name=vkms sync=false show-preroll-frame=false"
     );
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = launch(&desc);
     let rendered = Arc::new(AtomicU64::new(0));
     let dmabuf = Arc::new(AtomicU64::new(0));
     {
@@ -115,22 +115,8 @@ fn play(imports: &Mutex<Vec<String>>) -> (u64, u64, u64, usize, gst::Structure) 
                 gst::PadProbeReturn::Ok
             });
     }
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(120),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("EOS within 120 s");
-    if let gst::MessageView::Error(e) = msg.view() {
-        panic!("{desc}: {} ({:?})", e.error(), e.debug());
-    }
-    let stats = pipeline
-        .by_name("vpu")
-        .unwrap()
-        .property::<gst::Structure>("stats");
+    play_to_eos(&pipeline, &desc, 120);
+    let stats = stats(&pipeline, "vpu");
     pipeline.set_state(gst::State::Null).unwrap();
 
     let rendered = rendered.load(Ordering::Relaxed);

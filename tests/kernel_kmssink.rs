@@ -23,6 +23,9 @@ use std::sync::{Arc, Mutex, Once};
 use gst::prelude::*;
 use gstrsvpu::sys::DmaBackend;
 
+mod pipeline_support;
+use pipeline_support::{launch, play_to_eos, stats};
+
 fn kernel_drivers(test: &str) -> bool {
     if std::env::var("GST_VPU_KERNEL_TESTS").is_ok_and(|v| v == "1") {
         return true;
@@ -97,32 +100,9 @@ fn init() -> Arc<Mutex<KmsLog>> {
 
 /// Runs `desc` to EOS; the `stats` of the elements named in `stats_of`.
 fn run(desc: &str, stats_of: &[&str]) -> Vec<gst::Structure> {
-    let pipeline = gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let msg = pipeline
-        .bus()
-        .unwrap()
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(120),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .expect("EOS or error within 120 s");
-    if let gst::MessageView::Error(e) = msg.view() {
-        pipeline.set_state(gst::State::Null).unwrap();
-        panic!("{desc}: {} ({:?})", e.error(), e.debug());
-    }
-    let stats = stats_of
-        .iter()
-        .map(|n| {
-            pipeline
-                .by_name(n)
-                .unwrap()
-                .property::<gst::Structure>("stats")
-        })
-        .collect();
+    let pipeline = launch(desc);
+    play_to_eos(&pipeline, desc, 120);
+    let stats = stats_of.iter().map(|n| stats(&pipeline, n)).collect();
     pipeline.set_state(gst::State::Null).unwrap();
     stats
 }
@@ -208,10 +188,7 @@ fn the_encoder_queues_the_emulated_decoders_dma_bufs_without_copies() {
              ! vpufwhtenc ! vpufwhtdec name=dec device=emu \
              ! identity name=tap ! vpufwhtenc name=enc device=emu ! fakesink"
         );
-        let pipeline = gst::parse::launch(&desc)
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
+        let pipeline = launch(&desc);
         // What the second encoder receives: GstDmaBufMemory, one per frame.
         let dmabuf_frames = Arc::new(Mutex::new(0u64));
         let counter = Arc::clone(&dmabuf_frames);
@@ -232,27 +209,9 @@ fn the_encoder_queues_the_emulated_decoders_dma_bufs_without_copies() {
                 }
                 gst::PadProbeReturn::Ok
             });
-        pipeline.set_state(gst::State::Playing).unwrap();
-        let msg = pipeline
-            .bus()
-            .unwrap()
-            .timed_pop_filtered(
-                gst::ClockTime::from_seconds(120),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .expect("EOS or error within 120 s");
-        if let gst::MessageView::Error(e) = msg.view() {
-            pipeline.set_state(gst::State::Null).unwrap();
-            panic!("{desc}: {} ({:?})", e.error(), e.debug());
-        }
-        let enc = pipeline
-            .by_name("enc")
-            .unwrap()
-            .property::<gst::Structure>("stats");
-        let dec = pipeline
-            .by_name("dec")
-            .unwrap()
-            .property::<gst::Structure>("stats");
+        play_to_eos(&pipeline, &desc, 120);
+        let enc = stats(&pipeline, "enc");
+        let dec = stats(&pipeline, "dec");
         pipeline.set_state(gst::State::Null).unwrap();
         eprintln!("{w}x{h}: decoder {dec}; encoder {enc}");
         let expected_dmabufs = if dma_bufs { FRAMES } else { 0 };
@@ -289,10 +248,7 @@ fn the_encoder_imports_a_kernel_decoders_exported_dma_bufs_without_copies() {
             "{upstream} {tail} ! vpufwhtenc name=enc device=emu \
              ! fakesink name=out sync=false signal-handoffs=true"
         );
-        let pipeline = gst::parse::launch(&desc)
-            .unwrap()
-            .downcast::<gst::Pipeline>()
-            .unwrap();
+        let pipeline = launch(&desc);
         let coded = Arc::new(Mutex::new(Vec::<Vec<u8>>::new()));
         let got = Arc::clone(&coded);
         pipeline
@@ -304,23 +260,8 @@ fn the_encoder_imports_a_kernel_decoders_exported_dma_bufs_without_copies() {
                 got.lock().unwrap().push(map.to_vec());
                 None
             });
-        pipeline.set_state(gst::State::Playing).unwrap();
-        let msg = pipeline
-            .bus()
-            .unwrap()
-            .timed_pop_filtered(
-                gst::ClockTime::from_seconds(120),
-                &[gst::MessageType::Eos, gst::MessageType::Error],
-            )
-            .expect("EOS or error within 120 s");
-        if let gst::MessageView::Error(e) = msg.view() {
-            pipeline.set_state(gst::State::Null).unwrap();
-            panic!("{desc}: {} ({:?})", e.error(), e.debug());
-        }
-        let stats = pipeline
-            .by_name("enc")
-            .unwrap()
-            .property::<gst::Structure>("stats");
+        play_to_eos(&pipeline, &desc, 120);
+        let stats = stats(&pipeline, "enc");
         pipeline.set_state(gst::State::Null).unwrap();
         let coded = coded.lock().unwrap().clone();
         (coded, stats)

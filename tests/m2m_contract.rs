@@ -10,69 +10,17 @@ use gstrsvpu::m2m::{
     Buffer, BufferFlags, Control, Device, Event, Format, M2mError, Memory, PixelFormat,
     PlaneLayout, QueueKind, Role, Session,
 };
-use gstrsvpu::mem::{Checker, CheckerConfig, Coherency};
-use gstrsvpu::sys::DmaBackend;
+use gstrsvpu::mem::Coherency;
+use gstrsvpu::vpu::EmuVpu;
 use gstrsvpu::vpu::codec::fwht::{self, EncoderParams, FwhtDecoder, FwhtEncoder};
-use gstrsvpu::vpu::{EmuConfig, EmuVpu};
 
-fn vpu_with(watchdog: Duration, simulate_cache: bool) -> EmuVpu {
-    let checker = Checker::new(CheckerConfig {
-        simulate_cache,
-        ..CheckerConfig::default()
-    });
-    // Real dma-bufs (dma-heap, udmabuf) where the kernel offers them, as in
-    // the VM; sealed memfds otherwise. GST_VPU_DMA_BACKEND forces one.
-    EmuVpu::new(EmuConfig {
-        checker,
-        backend: DmaBackend::probe(),
-        watchdog,
-        ring_slots: 64,
-    })
-    .unwrap()
-}
-
-fn vpu() -> EmuVpu {
-    vpu_with(Duration::from_secs(5), true)
-}
-
-fn frames(raw: &Format, n: u32) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let mut f = vec![0; raw.size];
-            fwht::test_pattern(raw, i, &mut f);
-            f
-        })
-        .collect()
-}
-
-struct Coded {
-    data: Vec<u8>,
-    timestamp: u64,
-    keyframe: bool,
-}
+mod m2m_support;
+use m2m_support::{Coded, encode_frames, frames, start_capture, start_decoder, vpu, vpu_with};
 
 fn encode(vpu: &EmuVpu, raw: &Format, input: &[Vec<u8>], controls: &[Control]) -> Vec<Coded> {
     let session = vpu.open(Role::Encoder, PixelFormat::Fwht).unwrap();
     let mut enc = BlockingEncoder::new(session, raw, controls, 3).unwrap();
-    let mut out = Vec::new();
-    let mut take = |b: &Buffer| {
-        assert!(
-            !b.flags.contains(BufferFlags::ERROR),
-            "encode error: {:?}",
-            b.error
-        );
-        out.push(Coded {
-            data: b.region.cpu_read()[..b.bytesused].to_vec(),
-            timestamp: b.timestamp,
-            keyframe: b.flags.contains(BufferFlags::KEYFRAME),
-        });
-        Ok(())
-    };
-    for (i, f) in input.iter().enumerate() {
-        enc.encode(f, i as u64 * 1000, false, &mut take).unwrap();
-    }
-    enc.finish(&mut take).unwrap();
-    out
+    encode_frames(&mut enc, input, 1000, None, |_| {})
 }
 
 struct Decoded {
@@ -266,40 +214,13 @@ fn manual_decoder_for(
     height: u32,
 ) -> (Box<dyn Session>, Vec<Buffer>) {
     let s = vpu.open(Role::Decoder, PixelFormat::Fwht).unwrap();
-    s.set_format(
-        QueueKind::Output,
-        &Format::coded(PixelFormat::Fwht, width, height),
-    )
-    .unwrap();
-    let mut outs = s
-        .allocate_buffers(QueueKind::Output, 8, Memory::Allocate(Coherency::Coherent))
-        .unwrap();
-    s.stream_on(QueueKind::Output).unwrap();
-    let mut b = outs.remove(0);
-    b.region.cpu_write()[..first.len()].copy_from_slice(first);
-    b.bytesused = first.len();
-    s.queue(b).unwrap();
-    let sc = loop {
-        match s.wait_event(Duration::from_secs(5)).unwrap() {
-            Some(Event::SourceChange(sc)) => break sc,
-            Some(Event::BufferDone(b)) => outs.push(b),
-            None => panic!("no source change"),
-        }
-    };
-    assert_eq!((sc.format.width, sc.format.height), (width, height));
+    let (sc, outs) = start_decoder(&*s, first, (width, height), 8, Duration::from_secs(5));
     assert_eq!(
         sc.formats.first(),
         Some(&PixelFormat::I420),
         "4:2:0 decodes to YU12 first, as vicodec"
     );
-    s.set_format(QueueKind::Capture, &sc.format).unwrap();
-    let caps = s
-        .allocate_buffers(QueueKind::Capture, 6, Memory::Allocate(Coherency::Coherent))
-        .unwrap();
-    s.stream_on(QueueKind::Capture).unwrap();
-    for c in caps {
-        s.queue(c).unwrap();
-    }
+    start_capture(&*s, &sc.format, 6);
     (s, outs)
 }
 

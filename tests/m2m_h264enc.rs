@@ -10,36 +10,13 @@ use std::time::Duration;
 use ffmpeg_next as ff;
 use gstrsvpu::m2m::blocking::BlockingEncoder;
 use gstrsvpu::m2m::{
-    Buffer, BufferFlags, Control, Device, Event, Format, H264Level, Memory, PixelFormat, QueueKind,
-    Role,
+    BufferFlags, Control, Device, Event, Format, H264Level, Memory, PixelFormat, QueueKind, Role,
 };
-use gstrsvpu::mem::{Checker, CheckerConfig, Coherency};
-use gstrsvpu::sys::DmaBackend;
-use gstrsvpu::vpu::codec::fwht;
-use gstrsvpu::vpu::{EmuConfig, EmuVpu};
+use gstrsvpu::mem::Coherency;
+use gstrsvpu::vpu::EmuVpu;
 
-fn vpu() -> EmuVpu {
-    EmuVpu::new(EmuConfig {
-        checker: Checker::new(CheckerConfig {
-            simulate_cache: true,
-            ..CheckerConfig::default()
-        }),
-        backend: DmaBackend::probe(),
-        watchdog: Duration::from_secs(5),
-        ring_slots: 64,
-    })
-    .unwrap()
-}
-
-fn frames(raw: &Format, n: u32) -> Vec<Vec<u8>> {
-    (0..n)
-        .map(|i| {
-            let mut f = vec![0; raw.size];
-            fwht::test_pattern(raw, i, &mut f);
-            f
-        })
-        .collect()
-}
+mod m2m_support;
+use m2m_support::{Coded, encode_frames, frames, vpu};
 
 fn nal_types(data: &[u8]) -> Vec<u8> {
     let mut types = Vec::new();
@@ -55,34 +32,12 @@ fn nal_types(data: &[u8]) -> Vec<u8> {
     types
 }
 
-struct Coded {
-    data: Vec<u8>,
-    timestamp: u64,
-    keyframe: bool,
-}
-
+/// Encodes `input` (timestamps 0, 1000, ...), forcing a key frame on
+/// frame 7.
 fn encode(vpu: &EmuVpu, raw: &Format, input: &[Vec<u8>], controls: &[Control]) -> Vec<Coded> {
     let session = vpu.open(Role::Encoder, PixelFormat::H264).unwrap();
     let mut enc = BlockingEncoder::new(session, raw, controls, 3).unwrap();
-    let mut out = Vec::new();
-    let mut take = |b: &Buffer| {
-        assert!(
-            !b.flags.contains(BufferFlags::ERROR),
-            "encode error: {:?}",
-            b.error
-        );
-        out.push(Coded {
-            data: b.region.cpu_read()[..b.bytesused].to_vec(),
-            timestamp: b.timestamp,
-            keyframe: b.flags.contains(BufferFlags::KEYFRAME),
-        });
-        Ok(())
-    };
-    for (i, f) in input.iter().enumerate() {
-        enc.encode(f, i as u64 * 1000, i == 7, &mut take).unwrap();
-    }
-    enc.finish(&mut take).unwrap();
-    out
+    encode_frames(&mut enc, input, 1000, Some(7), |_| {})
 }
 
 /// Decodes the access units with FFmpeg's own H.264 decoder: the I420

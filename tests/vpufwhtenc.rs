@@ -21,7 +21,9 @@ use gstrsvpu::mem::{Checker, CheckerConfig, Coherency, Region};
 use gstrsvpu::sys::DmaBackend;
 use gstrsvpu::vpu::codec::fwht::{self, EncoderParams, parse_header};
 
+mod pipeline_support;
 mod vpufwhtenc_support;
+use pipeline_support::{assert_blurbs, start_errors};
 use vpufwhtenc_support::*;
 
 #[test]
@@ -342,20 +344,17 @@ fn properties_read_like_a_manual() {
     );
     assert!(factory.metadata("description").unwrap().len() > 100);
     let enc = factory.create().build().unwrap();
-    for name in [
-        "gop-size",
-        "i-frame-qp",
-        "p-frame-qp",
-        "device",
-        "memory-policy",
-        "stats",
-    ] {
-        let p = enc.find_property(name).unwrap_or_else(|| panic!("{name}"));
-        assert!(
-            p.blurb().is_some_and(|b| b.len() > 40),
-            "{name} has a blurb"
-        );
-    }
+    assert_blurbs(
+        &enc,
+        &[
+            "gop-size",
+            "i-frame-qp",
+            "p-frame-qp",
+            "device",
+            "memory-policy",
+            "stats",
+        ],
+    );
     assert_eq!(enc.property::<u32>("gop-size"), 10);
     assert_eq!(enc.property::<u32>("i-frame-qp"), 20);
     assert_eq!(enc.property::<u32>("p-frame-qp"), 20);
@@ -430,19 +429,8 @@ fn flush_restarts_with_a_key_frame() {
 #[test]
 fn a_device_that_cannot_open_is_a_clear_error() {
     init();
-    let pipeline = gst::parse::launch(
-        "videotestsrc num-buffers=2 ! vpufwhtenc device=/dev/video99 ! fakesink",
-    )
-    .unwrap();
-    assert!(pipeline.set_state(gst::State::Playing).is_err());
-    let bus = pipeline.bus().unwrap();
-    let mut errors = Vec::new();
-    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
-        if let gst::MessageView::Error(e) = msg.view() {
-            errors.push(format!("{} {:?}", e.error(), e.debug()));
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
+    let errors =
+        start_errors("videotestsrc num-buffers=2 ! vpufwhtenc device=/dev/video99 ! fakesink");
     // Ours first, naming the device; GstVideoEncoder then adds its generic
     // "Failed to open encoder" (LIBRARY/INIT), as for every encoder whose
     // open fails.

@@ -17,6 +17,7 @@
 
 use std::process::Command;
 
+mod pipeline_support;
 mod vpufwhtenc_support;
 use gstrsvpu::m2m::PixelFormat;
 use vpufwhtenc_support::*;

@@ -12,7 +12,7 @@ use gst_video::prelude::*;
 
 #[path = "vpufwhtdec_support/mod.rs"]
 mod vpufwhtdec_support;
-use vpufwhtdec_support::{assert_no_error, init, launch, stat, stats, try_pull_sample};
+use vpufwhtdec_support::{assert_eos, assert_no_error, init, launch, stat, stats, try_pull_sample};
 
 /// A coded stream kept in memory: its caps and access units (with their
 /// timestamps), as x264enc made them.
@@ -222,17 +222,7 @@ fn mp4(name: &str, frames: u32) -> PathBuf {
         path.display()
     ));
     pipeline.set_state(gst::State::Playing).unwrap();
-    let msg = pipeline.bus().unwrap().timed_pop_filtered(
-        gst::ClockTime::from_seconds(60),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    assert!(
-        matches!(
-            msg.as_ref().map(|m| m.view()),
-            Some(gst::MessageView::Eos(_))
-        ),
-        "{msg:?}"
-    );
+    assert_eos(&pipeline, 60, "x264enc ! mp4mux");
     pipeline.set_state(gst::State::Null).unwrap();
     path
 }
@@ -295,17 +285,7 @@ fn mp4_through_qtdemux_and_decodebin_picks_vpuh264dec() {
         .build()
         .unwrap();
     playbin.set_state(gst::State::Playing).unwrap();
-    let msg = playbin.bus().unwrap().timed_pop_filtered(
-        gst::ClockTime::from_seconds(60),
-        &[gst::MessageType::Eos, gst::MessageType::Error],
-    );
-    assert!(
-        matches!(
-            msg.as_ref().map(|m| m.view()),
-            Some(gst::MessageView::Eos(_))
-        ),
-        "playbin: {msg:?}"
-    );
+    assert_eos(&playbin, 60, "playbin");
     assert!(
         contains_factory(playbin.downcast_ref::<gst::Bin>().unwrap(), "vpuh264dec"),
         "playbin must pick vpuh264dec"
@@ -367,17 +347,7 @@ fn profiles_it_cannot_decode_exactly_are_refused_at_caps_time() {
             push(&src, b.clone());
         }
         end_of_stream(&src);
-        let msg = pipeline.bus().unwrap().timed_pop_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        );
-        assert!(
-            matches!(
-                msg.as_ref().map(|m| m.view()),
-                Some(gst::MessageView::Eos(_))
-            ),
-            "{profile} through decodebin: {msg:?}"
-        );
+        assert_eos(&pipeline, 30, &format!("{profile} through decodebin"));
         assert!(
             contains_factory(pipeline.upcast_ref(), "avdec_h264"),
             "{profile}"

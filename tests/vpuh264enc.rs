@@ -12,10 +12,13 @@
 //! deterministic), 320x240 I420 at 30/1, on the emulated VPU with its
 //! coherency checker on (every run asserts zero violations).
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 
 use gst::prelude::*;
 use gst_video::prelude::*;
+
+mod pipeline_support;
+use pipeline_support::{assert_blurbs, collect, launch, play_to_eos, start_errors, stats};
 
 const W: u32 = 320;
 const H: u32 = 240;
@@ -68,13 +71,8 @@ type OnBuffer = Box<dyn Fn(usize, &gst::Element) + Send + Sync>;
 
 fn run_with(desc: &str, on_buffer: Option<OnBuffer>) -> Out {
     init();
-    let pipeline = gst::parse::launch(desc)
-        .unwrap_or_else(|e| panic!("{desc}: {e}"))
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let sink = pipeline.by_name("sink").unwrap();
-    sink.set_property("sync", false);
-    sink.set_property("signal-handoffs", true);
+    let pipeline = launch(desc);
+    let got = collect(&pipeline.by_name("sink").unwrap());
     if let (Some(f), Some(enc)) = (on_buffer, pipeline.by_name("enc")) {
         let count = Mutex::new(0usize);
         let weak = enc.downgrade();
@@ -89,30 +87,8 @@ fn run_with(desc: &str, on_buffer: Option<OnBuffer>) -> Out {
                 gst::PadProbeReturn::Ok
             });
     }
-    let got: Arc<Mutex<(Vec<gst::Buffer>, Option<gst::Caps>)>> = Arc::default();
-    let got2 = Arc::clone(&got);
-    sink.connect("handoff", false, move |args| {
-        let buffer = args[1].get::<gst::Buffer>().unwrap();
-        let pad = args[2].get::<gst::Pad>().unwrap();
-        let mut g = got2.lock().unwrap();
-        g.1 = pad.current_caps();
-        g.0.push(buffer);
-        None
-    });
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(60),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .unwrap_or_else(|| panic!("{desc}: no EOS within 60 s"));
-    if let gst::MessageView::Error(e) = msg.view() {
-        panic!("{desc}: {} ({:?})", e.error(), e.debug());
-    }
-    let stats = pipeline
-        .by_name("enc")
-        .map(|e| e.property::<gst::Structure>("stats"));
+    play_to_eos(&pipeline, desc, 60);
+    let stats = pipeline.by_name("enc").map(|_| stats(&pipeline, "enc"));
     pipeline.set_state(gst::State::Null).unwrap();
     let (buffers, caps) = std::mem::take(&mut *got.lock().unwrap());
     if let Some(s) = &stats {
@@ -471,10 +447,7 @@ fn eos_on_zero_one_and_two_frames() {
 fn refusal(source: &str, props: &str, caps: &str) -> String {
     init();
     let desc = format!("{source} ! vpuh264enc {props} ! capsfilter name=f ! fakesink");
-    let pipeline = gst::parse::launch(&desc)
-        .unwrap_or_else(|e| panic!("{desc}: {e}"))
-        .downcast::<gst::Pipeline>()
-        .unwrap();
+    let pipeline = launch(&desc);
     if !caps.is_empty() {
         let caps: gst::Caps = caps.parse().unwrap();
         pipeline.by_name("f").unwrap().set_property("caps", caps);
@@ -615,24 +588,21 @@ fn properties_read_like_a_manual() {
     );
     assert_eq!(factory.rank(), gst::Rank::SECONDARY);
     let enc = factory.create().build().unwrap();
-    for name in [
-        "bitrate",
-        "rate-control",
-        "gop-size",
-        "qp-min",
-        "qp-max",
-        "quantizer",
-        "extra-controls",
-        "device",
-        "memory-policy",
-        "stats",
-    ] {
-        let p = enc.find_property(name).unwrap_or_else(|| panic!("{name}"));
-        assert!(
-            p.blurb().is_some_and(|b| b.len() > 40),
-            "{name} has a blurb"
-        );
-    }
+    assert_blurbs(
+        &enc,
+        &[
+            "bitrate",
+            "rate-control",
+            "gop-size",
+            "qp-min",
+            "qp-max",
+            "quantizer",
+            "extra-controls",
+            "device",
+            "memory-policy",
+            "stats",
+        ],
+    );
     assert!(
         enc.find_property("bitrate")
             .unwrap()
@@ -691,19 +661,8 @@ fn extra_controls_take_effect_and_unknown_ones_are_named() {
 #[test]
 fn a_device_that_cannot_open_is_a_clear_error() {
     init();
-    let pipeline = gst::parse::launch(
-        "videotestsrc num-buffers=2 ! vpuh264enc device=/dev/video99 ! fakesink",
-    )
-    .unwrap();
-    assert!(pipeline.set_state(gst::State::Playing).is_err());
-    let bus = pipeline.bus().unwrap();
-    let mut errors = Vec::new();
-    while let Some(msg) = bus.pop_filtered(&[gst::MessageType::Error]) {
-        if let gst::MessageView::Error(e) = msg.view() {
-            errors.push(format!("{} {:?}", e.error(), e.debug()));
-        }
-    }
-    pipeline.set_state(gst::State::Null).unwrap();
+    let errors =
+        start_errors("videotestsrc num-buffers=2 ! vpuh264enc device=/dev/video99 ! fakesink");
     assert!(!errors.is_empty(), "an error is posted");
     assert!(
         errors[0].contains("H.264") && errors[0].contains("/dev/video99"),

@@ -97,6 +97,23 @@ pub fn eos_or_error(pipeline: &gst::Pipeline, seconds: u64) -> Option<gst::Messa
     )
 }
 
+/// Waits up to `seconds` for `element`'s (a pipeline's) EOS; an error or
+/// no message panics, prefixed with `what`.
+#[allow(dead_code)] // Only the binaries that run to EOS use it.
+pub fn assert_eos(element: &impl IsA<gst::Element>, seconds: u64, what: &str) {
+    let msg = element.bus().unwrap().timed_pop_filtered(
+        gst::ClockTime::from_seconds(seconds),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    assert!(
+        matches!(
+            msg.as_ref().map(|m| m.view()),
+            Some(gst::MessageView::Eos(_))
+        ),
+        "{what}: {msg:?}"
+    );
+}
+
 /// The element's `stats` structure.
 #[allow(dead_code)] // Not every binary reads the stats.
 pub fn stats(dec: &gst::Element) -> gst::Structure {

@@ -1,5 +1,6 @@
 //! Helpers shared by the `vpufwhtenc` test binaries (`tests/vpufwhtenc.rs`
-//! and `tests/vpufwhtenc_simulate.rs`): running a pipeline to EOS, the
+//! and `tests/vpufwhtenc_simulate.rs`, which also declare
+//! `mod pipeline_support;`): running a pipeline to EOS, the
 //! contract layout and the bare encoder as references, and the check of an
 //! encoded clip against them.
 
@@ -11,6 +12,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use gst::prelude::*;
 use gst_video::prelude::*;
+
+use crate::pipeline_support::{collect, launch, play_to_eos, stats};
 use gstrsvpu::m2m::{Format, PixelFormat};
 use gstrsvpu::vpu::codec::fwht::{EncoderParams, FwhtEncoder, parse_header};
 
@@ -39,13 +42,8 @@ pub struct Out {
 /// the sink received (no appsink: gstreamer-app is not a dependency).
 pub fn run(desc: &str) -> Out {
     init();
-    let pipeline = gst::parse::launch(desc)
-        .unwrap_or_else(|e| panic!("{desc}: {e}"))
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    let sink = pipeline.by_name("sink").unwrap();
-    sink.set_property("sync", false);
-    sink.set_property("signal-handoffs", true);
+    let pipeline = launch(desc);
+    let got = collect(&pipeline.by_name("sink").unwrap());
     let regions: Arc<Mutex<HashSet<u64>>> = Arc::default();
     if let Some(enc) = pipeline.by_name("enc") {
         let regions = Arc::clone(&regions);
@@ -61,30 +59,8 @@ pub fn run(desc: &str) -> Out {
                 gst::PadProbeReturn::Ok
             });
     }
-    let got: Arc<Mutex<(Vec<gst::Buffer>, Option<gst::Caps>)>> = Arc::default();
-    let got2 = Arc::clone(&got);
-    sink.connect("handoff", false, move |args| {
-        let buffer = args[1].get::<gst::Buffer>().unwrap();
-        let pad = args[2].get::<gst::Pad>().unwrap();
-        let mut g = got2.lock().unwrap();
-        g.1 = pad.current_caps();
-        g.0.push(buffer);
-        None
-    });
-    pipeline.set_state(gst::State::Playing).unwrap();
-    let bus = pipeline.bus().unwrap();
-    let msg = bus
-        .timed_pop_filtered(
-            gst::ClockTime::from_seconds(30),
-            &[gst::MessageType::Eos, gst::MessageType::Error],
-        )
-        .unwrap_or_else(|| panic!("{desc}: no EOS within 30 s"));
-    if let gst::MessageView::Error(e) = msg.view() {
-        panic!("{desc}: {} ({:?})", e.error(), e.debug());
-    }
-    let stats = pipeline
-        .by_name("enc")
-        .map(|e| e.property::<gst::Structure>("stats"));
+    play_to_eos(&pipeline, desc, 30);
+    let stats = pipeline.by_name("enc").map(|_| stats(&pipeline, "enc"));
     pipeline.set_state(gst::State::Null).unwrap();
     let (buffers, caps) = std::mem::take(&mut *got.lock().unwrap());
     let input_regions = regions.lock().unwrap().len();

@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 
 use super::Faults;
+use super::drain::Drain;
 use super::session::{FwQueue, QueuedBuffer, Sink};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::fwht::{self, FrameScanner, FwhtDecoder, FwhtHeader};
@@ -19,15 +20,6 @@ use crate::vpu::protocol::{DEFAULT_CODED_SIZE, MAX_FORMATS, Response};
 
 /// Complete frames held before the core stops taking OUTPUT buffers.
 const MAX_PENDING_FRAMES: usize = 2;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Running,
-    /// A source change was posted; waiting for CAPTURE to be streamed on.
-    AwaitCapture,
-    /// Drained (LAST returned); waiting for `Start` or a queue restart.
-    Stopped,
-}
 
 /// What the stream looks like, from its frame headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,13 +65,8 @@ pub(crate) struct Decoder {
     stream: Option<StreamInfo>,
     /// The raw format the host asked for, used when the stream allows it.
     preferred: Option<PixelFormat>,
-    phase: Phase,
-    /// OUTPUT buffers still to consume before a requested drain completes.
-    drain: Option<usize>,
-    /// An empty LAST buffer is owed (end of the old format at a source change).
-    pending_last: bool,
+    drain: Drain,
     need_keyframe: bool,
-    sequence: u32,
 }
 
 impl Default for Decoder {
@@ -91,11 +78,8 @@ impl Default for Decoder {
             carry_timestamp: None,
             stream: None,
             preferred: None,
-            phase: Phase::Running,
-            drain: None,
-            pending_last: false,
+            drain: Drain::default(),
             need_keyframe: false,
-            sequence: 0,
         }
     }
 }
@@ -171,52 +155,27 @@ impl Decoder {
     }
 
     pub(crate) fn stream_on(&mut self, queue: QueueKind) {
-        if queue != QueueKind::Capture {
-            return;
-        }
-        match self.phase {
-            // The client set up CAPTURE for the announced format; a drain
-            // requested meanwhile carries on (dev-decoder.rst: the source
-            // change is handled "before continuing with the drain sequence").
-            Phase::AwaitCapture => self.phase = Phase::Running,
-            // A restarted CAPTURE queue ends a completed drain.
-            Phase::Stopped => {
-                self.phase = Phase::Running;
-                self.drain = None;
-            }
-            Phase::Running => {}
-        }
+        self.drain.stream_on(queue);
     }
 
     pub(crate) fn stream_off(&mut self, queue: QueueKind) {
-        match queue {
-            QueueKind::Output => {
-                // Flush: forget all bitstream; resume at the next key frame.
-                self.scanner.reset();
-                self.items.clear();
-                self.carry_timestamp = None;
-                self.codec.reset();
-                self.need_keyframe = self.stream.is_some();
-                self.drain = None;
-                if self.phase == Phase::Stopped {
-                    self.phase = Phase::Running;
-                }
-            }
-            QueueKind::Capture => self.pending_last = false,
+        if queue == QueueKind::Output {
+            // Flush: forget all bitstream; resume at the next key frame.
+            self.scanner.reset();
+            self.items.clear();
+            self.carry_timestamp = None;
+            self.codec.reset();
+            self.need_keyframe = self.stream.is_some();
         }
+        self.drain.stream_off(queue);
     }
 
     pub(crate) fn stop(&mut self, output: &FwQueue) {
-        if self.phase != Phase::Stopped {
-            self.drain = Some(output.buffers.len());
-        }
+        self.drain.stop(output);
     }
 
     pub(crate) fn start(&mut self) {
-        if self.phase == Phase::Stopped {
-            self.phase = Phase::Running;
-        }
-        self.drain = None;
+        self.drain.start();
     }
 
     /// One unit of work; false when nothing more can happen now.
@@ -227,26 +186,10 @@ impl Decoder {
         faults: &Faults,
         sink: &mut Sink<'_>,
     ) -> bool {
-        if self.pending_last {
-            if !capture.streaming {
-                self.pending_last = false;
-                return true;
-            }
-            let Some(buf) = capture.buffers.pop_front() else {
-                return false;
-            };
-            sink.done(
-                QueueKind::Capture,
-                &buf,
-                0,
-                BufferFlags::LAST,
-                self.sequence,
-                "",
-            );
-            self.pending_last = false;
-            return true;
+        if let Some(progress) = self.drain.send_owed_last(capture, sink) {
+            return progress;
         }
-        if self.phase != Phase::Running {
+        if !self.drain.is_running() {
             return false;
         }
         if let Some(item) = self.items.front() {
@@ -283,18 +226,13 @@ impl Decoder {
             }
             return true;
         }
-        let may_consume = output.streaming && self.drain.is_none_or(|n| n > 0);
-        if may_consume
-            && self.items.len() < MAX_PENDING_FRAMES
-            && let Some(buf) = output.buffers.pop_front()
+        if self.items.len() < MAX_PENDING_FRAMES
+            && let Some(buf) = self.drain.take_output(output)
         {
             self.consume(&buf, capture, sink);
-            if let Some(n) = self.drain.as_mut() {
-                *n -= 1;
-            }
             return true;
         }
-        if self.drain == Some(0) {
+        if self.drain.drained() {
             return self.finish_drain(capture, sink);
         }
         false
@@ -302,8 +240,8 @@ impl Decoder {
 
     fn source_change(&mut self, info: StreamInfo, capture: &mut FwQueue, sink: &mut Sink<'_>) {
         // Mid-stream: the last buffer of the old format is flagged LAST.
-        if self.stream.is_some() && capture.streaming {
-            self.pending_last = true;
+        if self.stream.is_some() {
+            self.drain.owe_last(capture);
         }
         let pixfmt = self
             .preferred
@@ -332,7 +270,7 @@ impl Decoder {
                 });
                 capture.format = Some(f);
                 self.stream = Some(info);
-                self.phase = Phase::AwaitCapture;
+                self.drain.await_capture();
             }
             None => {
                 // A header no raw format can hold: report it as a bad frame.
@@ -415,8 +353,7 @@ impl Decoder {
         faults: &Faults,
         sink: &mut Sink<'_>,
     ) {
-        let seq = self.sequence;
-        self.sequence = self.sequence.wrapping_add(1);
+        let seq = self.drain.next_sequence();
         let (data, timestamp) = match item {
             Item::Frame { data, timestamp } => (data, timestamp),
             Item::Bad { reason, timestamp } => {
@@ -508,21 +445,6 @@ impl Decoder {
                 return true;
             }
         }
-        if capture.streaming {
-            let Some(buf) = capture.buffers.pop_front() else {
-                return false;
-            };
-            sink.done(
-                QueueKind::Capture,
-                &buf,
-                0,
-                BufferFlags::LAST,
-                self.sequence,
-                "",
-            );
-        }
-        self.phase = Phase::Stopped;
-        self.drain = None;
-        true
+        self.drain.finish(capture, sink)
     }
 }

@@ -7,37 +7,19 @@
 //! buffer queued) or by an OUTPUT buffer queued with the KEYFRAME flag.
 
 use super::Faults;
+use super::drain::Drain;
+use super::encode::{capture_done, output_done, raw_frame, set_capture_format};
 use super::session::{FwQueue, QueuedBuffer, Sink, control_name};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::fwht::{EncoderParams, FwhtEncoder};
 use crate::vpu::protocol::ctrl;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Running,
-    Stopped,
-}
-
+#[derive(Default)]
 pub(crate) struct Encoder {
     codec: Option<FwhtEncoder>,
     params: EncoderParams,
-    phase: Phase,
-    drain: Option<usize>,
+    drain: Drain,
     force_next: bool,
-    sequence: u32,
-}
-
-impl Default for Encoder {
-    fn default() -> Encoder {
-        Encoder {
-            codec: None,
-            params: EncoderParams::default(),
-            phase: Phase::Running,
-            drain: None,
-            force_next: false,
-            sequence: 0,
-        }
-    }
 }
 
 impl Encoder {
@@ -73,16 +55,7 @@ impl Encoder {
                 capture.format = Some(coded);
             }
             QueueKind::Capture => {
-                if pixfmt != PixelFormat::Fwht {
-                    return Err(format!("encoder CAPTURE gives FWHT, not {pixfmt}"));
-                }
-                if capture.format.is_none() {
-                    capture.format = Some(Format::coded(
-                        PixelFormat::Fwht,
-                        width.max(1),
-                        height.max(1),
-                    ));
-                }
+                set_capture_format(capture, PixelFormat::Fwht, pixfmt, width, height)?;
             }
         }
         Ok(())
@@ -124,32 +97,25 @@ impl Encoder {
     }
 
     pub(crate) fn stream_on(&mut self, queue: QueueKind) {
-        if queue == QueueKind::Capture && self.phase == Phase::Stopped {
-            self.phase = Phase::Running;
-            self.drain = None;
-        }
+        self.drain.stream_on(queue);
     }
 
     pub(crate) fn stream_off(&mut self, queue: QueueKind) {
-        if queue == QueueKind::Output {
+        if queue == QueueKind::Output
+            && let Some(codec) = self.codec.as_mut()
+        {
             // After a flush the stream restarts with a key frame.
-            self.drain = None;
-            self.phase = Phase::Running;
-            if let Some(codec) = self.codec.as_mut() {
-                codec.force_keyframe();
-            }
+            codec.force_keyframe();
         }
+        self.drain.stream_off(queue);
     }
 
     pub(crate) fn stop(&mut self, output: &FwQueue) {
-        if self.phase != Phase::Stopped {
-            self.drain = Some(output.buffers.len());
-        }
+        self.drain.stop(output);
     }
 
     pub(crate) fn start(&mut self) {
-        self.phase = Phase::Running;
-        self.drain = None;
+        self.drain.start();
     }
 
     /// One unit of work (a frame coded, or the drain finished); false when
@@ -161,37 +127,17 @@ impl Encoder {
         faults: &Faults,
         sink: &mut Sink<'_>,
     ) -> bool {
-        if self.phase != Phase::Running || !capture.streaming {
+        if !self.drain.is_running() || !capture.streaming {
             return false;
         }
-        if output.streaming
-            && self.drain.is_none_or(|n| n > 0)
-            && !output.buffers.is_empty()
+        if self.drain.may_take_output(output)
             && let Some(dst) = capture.buffers.pop_front()
-            && let Some(src) = output.buffers.pop_front()
+            && let Some(src) = self.drain.take_output(output)
         {
             self.encode(src, dst, output.format.as_ref(), faults, sink);
-            if let Some(n) = self.drain.as_mut() {
-                *n -= 1;
-            }
             return true;
         }
-        if self.drain == Some(0)
-            && let Some(dst) = capture.buffers.pop_front()
-        {
-            sink.done(
-                QueueKind::Capture,
-                &dst,
-                0,
-                BufferFlags::LAST,
-                self.sequence,
-                "",
-            );
-            self.phase = Phase::Stopped;
-            self.drain = None;
-            return true;
-        }
-        false
+        self.drain.drained() && self.drain.finish(capture, sink)
     }
 
     fn encode(
@@ -202,58 +148,27 @@ impl Encoder {
         faults: &Faults,
         sink: &mut Sink<'_>,
     ) {
-        let seq = self.sequence;
-        self.sequence = self.sequence.wrapping_add(1);
+        let seq = self.drain.next_sequence();
         let dst = QueuedBuffer {
             timestamp: src.timestamp,
             ..dst
         };
-        let result = match (self.codec.as_mut(), raw) {
-            (Some(codec), Some(raw)) if src.bytesused >= raw.size => {
-                if src.flags.contains(BufferFlags::KEYFRAME) {
-                    codec.force_keyframe();
-                }
-                let input = src.region.device_read();
-                let mut output = dst.region.device_write();
-                codec
-                    .encode(&input[..raw.size], &mut output)
-                    .map_err(|e| e.to_string())
+        let result = raw_frame(&src, raw).and_then(|raw| {
+            let codec = self
+                .codec
+                .as_mut()
+                .ok_or_else(|| "OUTPUT has no format".to_owned())?;
+            if src.flags.contains(BufferFlags::KEYFRAME) {
+                codec.force_keyframe();
             }
-            (Some(_), Some(raw)) => Err(format!(
-                "OUTPUT buffer {} holds {} bytes, a {}x{} {} frame needs {}",
-                src.index, src.bytesused, raw.width, raw.height, raw.pixelformat, raw.size
-            )),
-            _ => Err("OUTPUT has no format".to_owned()),
-        };
-        let delay = faults.frame_delay();
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        sink.done(
-            QueueKind::Output,
-            &src,
-            src.bytesused,
-            BufferFlags::NONE,
-            0,
-            "",
-        );
-        match result {
-            Ok(enc) => {
-                let kind = if enc.keyframe {
-                    BufferFlags::KEYFRAME
-                } else {
-                    BufferFlags::PFRAME
-                };
-                sink.done(QueueKind::Capture, &dst, enc.bytes, kind, seq, "");
-            }
-            Err(reason) => sink.done(
-                QueueKind::Capture,
-                &dst,
-                0,
-                BufferFlags::ERROR,
-                seq,
-                &reason,
-            ),
-        }
+            let input = src.region.device_read();
+            let mut output = dst.region.device_write();
+            codec
+                .encode(&input[..raw.size], &mut output)
+                .map(|enc| (enc.bytes, enc.keyframe))
+                .map_err(|e| e.to_string())
+        });
+        output_done(&src, faults, sink);
+        capture_done(&dst, seq, result, sink);
     }
 }

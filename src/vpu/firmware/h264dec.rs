@@ -27,6 +27,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::Faults;
+use super::drain::Drain;
 use super::session::{FwQueue, QueuedBuffer, Sink};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::h264::nal::{self, nal_type};
@@ -50,13 +51,6 @@ const CAPTURE_MARGIN: u32 = 1;
 
 fn decoder_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Running,
-    AwaitCapture,
-    Stopped,
 }
 
 /// What a source change announces, from the SPS.
@@ -114,6 +108,7 @@ enum Outcome {
     Change(StreamInfo),
 }
 
+#[derive(Default)]
 pub(crate) struct H264Dec {
     codec: Option<H264Decoder>,
     /// SPSs by id, as received.
@@ -129,34 +124,9 @@ pub(crate) struct H264Dec {
     sent: u64,
     stream: Option<StreamInfo>,
     preferred: Option<PixelFormat>,
-    phase: Phase,
-    drain: Option<usize>,
+    drain: Drain,
     /// libavcodec was told the stream ends (drain).
     eof_sent: bool,
-    pending_last: bool,
-    sequence: u32,
-}
-
-impl Default for H264Dec {
-    fn default() -> H264Dec {
-        H264Dec {
-            codec: None,
-            sps: HashMap::new(),
-            active_sps: None,
-            last_sps: None,
-            units: VecDeque::new(),
-            results: VecDeque::new(),
-            in_flight: VecDeque::new(),
-            sent: 0,
-            stream: None,
-            preferred: None,
-            phase: Phase::Running,
-            drain: None,
-            eof_sent: false,
-            pending_last: false,
-            sequence: 0,
-        }
-    }
 }
 
 impl H264Dec {
@@ -209,50 +179,29 @@ impl H264Dec {
     }
 
     pub(crate) fn stream_on(&mut self, queue: QueueKind) {
-        if queue != QueueKind::Capture {
-            return;
-        }
-        match self.phase {
-            Phase::AwaitCapture => self.phase = Phase::Running,
-            Phase::Stopped => {
-                self.phase = Phase::Running;
-                self.drain = None;
-            }
-            Phase::Running => {}
-        }
+        self.drain.stream_on(queue);
     }
 
     pub(crate) fn stream_off(&mut self, queue: QueueKind) {
-        match queue {
-            QueueKind::Output => {
-                // Flush (seek): forget every unit, picture and reference.
-                self.units.clear();
-                self.results.retain(|r| matches!(r, Outcome::Change(_)));
-                self.in_flight.clear();
-                if let Some(c) = self.codec.as_mut() {
-                    c.flush();
-                }
-                self.eof_sent = false;
-                self.drain = None;
-                if self.phase == Phase::Stopped {
-                    self.phase = Phase::Running;
-                }
+        if queue == QueueKind::Output {
+            // Flush (seek): forget every unit, picture and reference.
+            self.units.clear();
+            self.results.retain(|r| matches!(r, Outcome::Change(_)));
+            self.in_flight.clear();
+            if let Some(c) = self.codec.as_mut() {
+                c.flush();
             }
-            QueueKind::Capture => self.pending_last = false,
+            self.eof_sent = false;
         }
+        self.drain.stream_off(queue);
     }
 
     pub(crate) fn stop(&mut self, output: &FwQueue) {
-        if self.phase != Phase::Stopped {
-            self.drain = Some(output.buffers.len());
-        }
+        self.drain.stop(output);
     }
 
     pub(crate) fn start(&mut self) {
-        if self.phase == Phase::Stopped {
-            self.phase = Phase::Running;
-        }
-        self.drain = None;
+        self.drain.start();
     }
 
     pub(crate) fn step(
@@ -262,26 +211,10 @@ impl H264Dec {
         faults: &Faults,
         sink: &mut Sink<'_>,
     ) -> bool {
-        if self.pending_last {
-            if !capture.streaming {
-                self.pending_last = false;
-                return true;
-            }
-            let Some(buf) = capture.buffers.pop_front() else {
-                return false;
-            };
-            sink.done(
-                QueueKind::Capture,
-                &buf,
-                0,
-                BufferFlags::LAST,
-                self.sequence,
-                "",
-            );
-            self.pending_last = false;
-            return true;
+        if let Some(progress) = self.drain.send_owed_last(capture, sink) {
+            return progress;
         }
-        if self.phase != Phase::Running {
+        if !self.drain.is_running() {
             return false;
         }
         if let Some(result) = self.results.front() {
@@ -306,15 +239,11 @@ impl H264Dec {
             self.decode_unit(capture, sink);
             return true;
         }
-        let may_consume = output.streaming && self.drain.is_none_or(|n| n > 0);
-        if may_consume && let Some(buf) = output.buffers.pop_front() {
+        if let Some(buf) = self.drain.take_output(output) {
             self.consume(&buf, capture, sink);
-            if let Some(n) = self.drain.as_mut() {
-                *n -= 1;
-            }
             return true;
         }
-        if self.drain == Some(0) {
+        if self.drain.drained() {
             if !self.eof_sent {
                 self.eof_sent = true;
                 if let Some(c) = self.codec.as_mut() {
@@ -466,7 +395,7 @@ impl H264Dec {
                     // go on with this stream.
                     sink.post(Response::SessionError { text: why });
                     self.units.clear();
-                    self.phase = Phase::Stopped;
+                    self.drain.halt();
                 } else {
                     self.results.push_back(Outcome::Error {
                         timestamp,
@@ -563,8 +492,8 @@ impl H264Dec {
     }
 
     fn source_change(&mut self, info: StreamInfo, capture: &mut FwQueue, sink: &mut Sink<'_>) {
-        if self.stream.is_some() && capture.streaming {
-            self.pending_last = true;
+        if self.stream.is_some() {
+            self.drain.owe_last(capture);
         }
         let pixfmt = self
             .preferred
@@ -577,7 +506,7 @@ impl H264Dec {
                     info.width, info.height
                 ),
             });
-            self.phase = Phase::Stopped;
+            self.drain.halt();
             return;
         };
         f.colorimetry = info.colorimetry;
@@ -599,7 +528,7 @@ impl H264Dec {
         });
         capture.format = Some(f);
         self.stream = Some(info);
-        self.phase = Phase::AwaitCapture;
+        self.drain.await_capture();
     }
 
     fn write(
@@ -610,8 +539,7 @@ impl H264Dec {
         faults: &Faults,
         sink: &mut Sink<'_>,
     ) {
-        let seq = self.sequence;
-        self.sequence = self.sequence.wrapping_add(1);
+        let seq = self.drain.next_sequence();
         let picture = match result {
             Outcome::Picture(p) => p,
             Outcome::Error { timestamp, reason } => {
@@ -671,26 +599,14 @@ impl H264Dec {
     }
 
     fn finish_drain(&mut self, capture: &mut FwQueue, sink: &mut Sink<'_>) -> bool {
-        if capture.streaming {
-            let Some(buf) = capture.buffers.pop_front() else {
-                return false;
-            };
-            sink.done(
-                QueueKind::Capture,
-                &buf,
-                0,
-                BufferFlags::LAST,
-                self.sequence,
-                "",
-            );
+        if !self.drain.finish(capture, sink) {
+            return false;
         }
         // Ready for a new stream after `Start`, from its next key frame.
         if let Some(c) = self.codec.as_mut() {
             c.flush();
         }
         self.eof_sent = false;
-        self.phase = Phase::Stopped;
-        self.drain = None;
         true
     }
 }

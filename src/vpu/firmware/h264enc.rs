@@ -36,18 +36,14 @@
 use std::collections::VecDeque;
 
 use super::Faults;
+use super::drain::Drain;
+use super::encode::{capture_done, output_done, raw_frame, set_capture_format};
 use super::session::{FwQueue, QueuedBuffer, Sink, control_name};
 use crate::m2m::{
     BitrateMode, BufferFlags, Colorimetry, Format, H264Level, H264Profile, PixelFormat, QueueKind,
 };
 use crate::vpu::codec::h264enc::{self, AccessUnit, H264Encoder, H264Params};
 use crate::vpu::protocol::ctrl;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Running,
-    Stopped,
-}
 
 /// What waits for a CAPTURE buffer.
 enum Pending {
@@ -62,38 +58,19 @@ enum Pending {
     },
 }
 
+#[derive(Default)]
 pub(crate) struct H264Engine {
     codec: Option<H264Encoder>,
     params: H264Params,
-    phase: Phase,
-    /// OUTPUT buffers still to code before the drain completes.
-    drain: Option<usize>,
+    drain: Drain,
     /// The drain took the codec's last units out.
     drain_flushed: bool,
     force_next: bool,
-    sequence: u32,
     /// Counter given to the codec as pts, and the timestamp of each frame
     /// inside the codec, in order.
     next_pts: i64,
     in_codec: VecDeque<(i64, u64)>,
     pending: VecDeque<Pending>,
-}
-
-impl Default for H264Engine {
-    fn default() -> H264Engine {
-        H264Engine {
-            codec: None,
-            params: H264Params::default(),
-            phase: Phase::Running,
-            drain: None,
-            drain_flushed: false,
-            force_next: false,
-            sequence: 0,
-            next_pts: 0,
-            in_codec: VecDeque::new(),
-            pending: VecDeque::new(),
-        }
-    }
 }
 
 impl H264Engine {
@@ -128,16 +105,7 @@ impl H264Engine {
                 capture.format = Some(coded);
             }
             QueueKind::Capture => {
-                if pixfmt != PixelFormat::H264 {
-                    return Err(format!("encoder CAPTURE gives H264, not {pixfmt}"));
-                }
-                if capture.format.is_none() {
-                    capture.format = Some(Format::coded(
-                        PixelFormat::H264,
-                        width.max(1),
-                        height.max(1),
-                    ));
-                }
+                set_capture_format(capture, PixelFormat::H264, pixfmt, width, height)?;
             }
         }
         Ok(())
@@ -200,10 +168,7 @@ impl H264Engine {
     }
 
     pub(crate) fn stream_on(&mut self, queue: QueueKind) {
-        if queue == QueueKind::Capture && self.phase == Phase::Stopped {
-            self.phase = Phase::Running;
-            self.drain = None;
-        }
+        self.drain.stream_on(queue);
     }
 
     pub(crate) fn stream_off(&mut self, queue: QueueKind) {
@@ -211,8 +176,6 @@ impl H264Engine {
             QueueKind::Output => {
                 // A flush: what is inside the codec is dropped, the stream
                 // restarts with an IDR.
-                self.drain = None;
-                self.phase = Phase::Running;
                 if let Some(codec) = self.codec.as_mut()
                     && let Err(e) = codec.flush()
                 {
@@ -223,18 +186,17 @@ impl H264Engine {
             }
             QueueKind::Capture => self.pending.clear(),
         }
+        self.drain.stream_off(queue);
     }
 
     pub(crate) fn stop(&mut self, output: &FwQueue) {
-        if self.phase != Phase::Stopped {
-            self.drain = Some(output.buffers.len());
+        if self.drain.stop(output) {
             self.drain_flushed = false;
         }
     }
 
     pub(crate) fn start(&mut self) {
-        self.phase = Phase::Running;
-        self.drain = None;
+        self.drain.start();
     }
 
     /// The units the codec gave back, matched with their frames' timestamps.
@@ -273,7 +235,7 @@ impl H264Engine {
         faults: &Faults,
         sink: &mut Sink<'_>,
     ) -> bool {
-        if self.phase != Phase::Running || !capture.streaming {
+        if !self.drain.is_running() || !capture.streaming {
             return false;
         }
         // Coded units go out first, one per CAPTURE buffer.
@@ -285,18 +247,13 @@ impl H264Engine {
             return true;
         }
         // Code the next frame while a unit or two may wait for a buffer.
-        if output.streaming
-            && self.pending.len() < 2
-            && self.drain.is_none_or(|n| n > 0)
-            && let Some(src) = output.buffers.pop_front()
+        if self.pending.len() < 2
+            && let Some(src) = self.drain.take_output(output)
         {
             self.encode(src, output.format.as_ref(), faults, sink);
-            if let Some(n) = self.drain.as_mut() {
-                *n -= 1;
-            }
             return true;
         }
-        if self.drain == Some(0) && self.pending.is_empty() {
+        if self.drain.drained() && self.pending.is_empty() {
             if !self.drain_flushed {
                 self.drain_flushed = true;
                 let flushed = match self.codec.as_mut() {
@@ -312,26 +269,13 @@ impl H264Engine {
                 }
                 return true;
             }
-            if let Some(dst) = capture.buffers.pop_front() {
-                sink.done(
-                    QueueKind::Capture,
-                    &dst,
-                    0,
-                    BufferFlags::LAST,
-                    self.sequence,
-                    "",
-                );
-                self.phase = Phase::Stopped;
-                self.drain = None;
-                return true;
-            }
+            return self.drain.finish(capture, sink);
         }
         false
     }
 
     fn emit(&mut self, p: Pending, dst: QueuedBuffer, sink: &mut Sink<'_>) {
-        let seq = self.sequence;
-        self.sequence = self.sequence.wrapping_add(1);
+        let seq = self.drain.next_sequence();
         let (timestamp, result) = match p {
             Pending::Unit { unit, timestamp } => {
                 let data = unit.data();
@@ -353,24 +297,7 @@ impl H264Engine {
             Pending::Error { timestamp, reason } => (timestamp, Err(reason)),
         };
         let dst = QueuedBuffer { timestamp, ..dst };
-        match result {
-            Ok((bytes, key)) => {
-                let kind = if key {
-                    BufferFlags::KEYFRAME
-                } else {
-                    BufferFlags::PFRAME
-                };
-                sink.done(QueueKind::Capture, &dst, bytes, kind, seq, "");
-            }
-            Err(reason) => sink.done(
-                QueueKind::Capture,
-                &dst,
-                0,
-                BufferFlags::ERROR,
-                seq,
-                &reason,
-            ),
-        }
+        capture_done(&dst, seq, result, sink);
     }
 
     fn encode(
@@ -381,32 +308,18 @@ impl H264Engine {
         sink: &mut Sink<'_>,
     ) {
         let pts = self.next_pts;
-        let result = match (self.codec.as_mut(), raw) {
-            (Some(codec), Some(raw)) if src.bytesused >= raw.size => {
-                let idr = src.flags.contains(BufferFlags::KEYFRAME);
-                let input = src.region.device_read();
-                codec
-                    .encode(&input[..raw.size], pts, idr)
-                    .map_err(|e| e.to_string())
-            }
-            (Some(_), Some(raw)) => Err(format!(
-                "OUTPUT buffer {} holds {} bytes, a {}x{} {} frame needs {}",
-                src.index, src.bytesused, raw.width, raw.height, raw.pixelformat, raw.size
-            )),
-            _ => Err("OUTPUT has no format".to_owned()),
-        };
-        let delay = faults.frame_delay();
-        if !delay.is_zero() {
-            std::thread::sleep(delay);
-        }
-        sink.done(
-            QueueKind::Output,
-            &src,
-            src.bytesused,
-            BufferFlags::NONE,
-            0,
-            "",
-        );
+        let result = raw_frame(&src, raw).and_then(|raw| {
+            let codec = self
+                .codec
+                .as_mut()
+                .ok_or_else(|| "OUTPUT has no format".to_owned())?;
+            let idr = src.flags.contains(BufferFlags::KEYFRAME);
+            let input = src.region.device_read();
+            codec
+                .encode(&input[..raw.size], pts, idr)
+                .map_err(|e| e.to_string())
+        });
+        output_done(&src, faults, sink);
         let received = result.and_then(|()| {
             self.next_pts += 1;
             self.in_codec.push_back((pts, src.timestamp));

@@ -13,6 +13,8 @@
 //! slowly, to prove the host survives each.
 
 mod decoder;
+mod drain;
+mod encode;
 mod encoder;
 mod h264dec;
 mod h264enc;
