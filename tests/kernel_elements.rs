@@ -332,3 +332,120 @@ fn extra_controls_reach_the_kernel_node_by_name() {
         "{warnings:?}"
     );
 }
+
+/// Encodes 60 frames on the kernel node with `output-io-mode=mode`.
+fn encode_io(mode: &str) -> Out {
+    run(
+        &format!(
+            "videotestsrc num-buffers=60 pattern=ball ! {RAW} \
+             ! vpufwhtenc name=vpu device={ENC} gop-size=10 output-io-mode={mode} \
+             ! fakesink name=sink"
+        ),
+        120,
+    )
+}
+
+fn io_stats(mode: &str, out: &Out) -> (u64, u64, String) {
+    let stats = out.stats.as_ref().unwrap();
+    eprintln!("output-io-mode={mode}: {stats}");
+    (
+        stat(stats, "frame-copies"),
+        stat(stats, "imported-frames"),
+        stats.get::<String>("output-io").unwrap(),
+    )
+}
+
+/// `output-io-mode` on vicodec: 60 frames out in every mode, the same
+/// bitstream; `mmap` (V4L2_MEMORY_MMAP) copies every frame into the
+/// driver's buffers, `dmabuf-import` and `auto` (the guest has dma-heap)
+/// import videotestsrc's frames from the proposed pool.
+#[test]
+fn output_io_modes_give_the_same_stream_on_the_kernel_encoder() {
+    let test = "output_io_modes_give_the_same_stream_on_the_kernel_encoder";
+    if !nodes(test) {
+        return;
+    }
+    if std::env::var_os("GST_VPU_DMA_BACKEND").is_some() {
+        eprintln!("{test}: GST_VPU_DMA_BACKEND is set; this test wants the probed backend");
+        return;
+    }
+    let auto = encode_io("auto");
+    let mmap = encode_io("mmap");
+    let import = encode_io("dmabuf-import");
+    for (mode, out) in [("auto", &auto), ("mmap", &mmap), ("dmabuf-import", &import)] {
+        assert_eq!(out.frames.len(), 60, "{mode}: every frame out");
+        for (i, (a, b)) in out.frames.iter().zip(&auto.frames).enumerate() {
+            assert!(a == b, "{mode}: coded frame {i} equals auto's");
+        }
+    }
+    assert_eq!(io_stats("auto", &auto), (0, 60, "dmabuf-import".into()));
+    assert_eq!(io_stats("mmap", &mmap), (60, 0, "mmap".into()));
+    assert_eq!(
+        io_stats("dmabuf-import", &import),
+        (0, 60, "dmabuf-import".into())
+    );
+    let bytes = stat(mmap.stats.as_ref().unwrap(), "bytes-copied");
+    assert_eq!(
+        bytes,
+        60 * 640 * 480 * 3 / 2,
+        "mmap copies every frame once"
+    );
+}
+
+/// Without a dma-buf allocator (`GST_VPU_DMA_BACKEND=memfd`, as on a board
+/// without /dev/dma_heap and /dev/udmabuf), `auto` falls back to MMAP by
+/// itself and codes the same stream, and `dmabuf-import` is one clear error.
+/// The backend is probed once per process, so the test runs itself again
+/// in a child process with that variable.
+#[test]
+fn auto_takes_mmap_without_a_dma_buf_allocator() {
+    let test = "auto_takes_mmap_without_a_dma_buf_allocator";
+    if !nodes(test) {
+        return;
+    }
+    if std::env::var("GST_VPU_DMA_BACKEND").as_deref() != Ok("memfd") {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env("GST_VPU_DMA_BACKEND", "memfd")
+            .output()
+            .expect("the test binary runs again");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("memfd child: checked"), "{text}");
+        return;
+    }
+    let auto = encode_io("auto");
+    let mmap = encode_io("mmap");
+    assert_eq!(auto.frames.len(), 60);
+    assert!(auto.frames == mmap.frames, "auto codes as mmap does");
+    assert_eq!(io_stats("auto", &auto), (60, 0, "mmap".into()));
+
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=5 pattern=ball ! {RAW} \
+         ! vpufwhtenc device={ENC} output-io-mode=dmabuf-import ! fakesink"
+    ))
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("an error within 60 s");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let gst::MessageView::Error(e) = msg.view() else {
+        panic!("dmabuf-import of memfd frames on a kernel node gave EOS");
+    };
+    let text = e.error().to_string();
+    assert!(
+        text.contains("dmabuf-import") && text.contains("memfd"),
+        "{text}"
+    );
+    eprintln!("memfd child: checked ({text})");
+}
