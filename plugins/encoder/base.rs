@@ -657,7 +657,7 @@ impl<C: Codec> EncoderBase<C> {
                 gst::element_warning!(
                     enc,
                     gst::ResourceError::Settings,
-                    ["extra-controls: {e}: ignored"]
+                    ("extra-controls: {e}: ignored")
                 );
             }
         }
