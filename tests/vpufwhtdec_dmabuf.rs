@@ -74,7 +74,7 @@ fn decode_with(props: &str, middle: &str) -> Vec<Received> {
     assert_eq!(stat(&st, "frame-copies"), 0, "{st}");
     assert_eq!(stat(&st, "coherency-violations"), 0, "{st}");
     pipeline.set_state(gst::State::Null).unwrap();
-    assert_eq!(received.len(), FRAMES, "{desc}: N frames in, N out");
+    assert_eq!(received.len(), FRAMES, "{desc}: N frames in, N out ({st})");
     received
 }
 
