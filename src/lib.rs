@@ -38,6 +38,8 @@ mod vpufwhtenc;
 mod vpuh264dec;
 #[path = "../plugins/vpuh264enc/mod.rs"]
 mod vpuh264enc;
+#[path = "../plugins/vpukerneldec/mod.rs"]
+mod vpukerneldec;
 
 use gst::glib;
 
@@ -49,6 +51,8 @@ fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     vpuh264dec::register(plugin)?;
     vpufwhtenc::register(plugin)?;
     vpuh264enc::register(plugin)?;
+    // vpuh265dec, vpuvp8dec, vpuvp9dec: only where a kernel node decodes them.
+    vpukerneldec::register(plugin)?;
     deviceprovider::register(plugin)?;
     Ok(())
 }

@@ -50,6 +50,8 @@ struct Frame {
 
 struct Out {
     frames: Vec<Frame>,
+    /// What memory each frame arrived in: "dmabuf", "fd" or "plain".
+    memory: Vec<&'static str>,
     caps: Option<gst::Caps>,
     /// The `stats` of the element named `vpu`, if any.
     stats: Option<gst::Structure>,
@@ -67,9 +69,22 @@ fn run(desc: &str, seconds: u64) -> Out {
     sink.set_property("signal-handoffs", true);
     let got: Arc<Mutex<(Vec<Frame>, Option<gst::Caps>)>> = Arc::default();
     let got2 = Arc::clone(&got);
+    let memory: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let memory2 = Arc::clone(&memory);
     sink.connect("handoff", false, move |args| {
         let buffer = args[1].get::<gst::Buffer>().unwrap();
         let pad = args[2].get::<gst::Pad>().unwrap();
+        let mem = buffer.peek_memory(0);
+        memory2
+            .lock()
+            .unwrap()
+            .push(if mem.is_memory_type::<gst_allocators::DmaBufMemory>() {
+                "dmabuf"
+            } else if mem.is_memory_type::<gst_allocators::FdMemory>() {
+                "fd"
+            } else {
+                "plain"
+            });
         let map = buffer.map_readable().unwrap();
         let mut g = got2.lock().unwrap();
         g.1 = pad.current_caps();
@@ -100,8 +115,10 @@ fn run(desc: &str, seconds: u64) -> Out {
         .map(|e| e.property::<gst::Structure>("stats"));
     pipeline.set_state(gst::State::Null).unwrap();
     let (frames, caps) = std::mem::take(&mut *got.lock().unwrap());
+    let memory = std::mem::take(&mut *memory.lock().unwrap());
     Out {
         frames,
+        memory,
         caps,
         stats,
     }
@@ -331,4 +348,168 @@ fn extra_controls_reach_the_kernel_node_by_name() {
             .any(|w| w.contains("no_such_control") && w.contains("video_gop_size")),
         "{warnings:?}"
     );
+}
+
+/// Encodes 60 frames on the kernel node with `output-io-mode=mode`.
+fn encode_io(mode: &str) -> Out {
+    run(
+        &format!(
+            "videotestsrc num-buffers=60 pattern=ball ! {RAW} \
+             ! vpufwhtenc name=vpu device={ENC} gop-size=10 output-io-mode={mode} \
+             ! fakesink name=sink"
+        ),
+        120,
+    )
+}
+
+fn io_stats(mode: &str, out: &Out) -> (u64, u64, String) {
+    let stats = out.stats.as_ref().unwrap();
+    eprintln!("output-io-mode={mode}: {stats}");
+    (
+        stat(stats, "frame-copies"),
+        stat(stats, "imported-frames"),
+        stats.get::<String>("output-io").unwrap(),
+    )
+}
+
+/// `output-io-mode` on vicodec: 60 frames out in every mode, the same
+/// bitstream; `mmap` (V4L2_MEMORY_MMAP) copies every frame into the
+/// driver's buffers, `dmabuf-import` and `auto` (the guest has dma-heap)
+/// import videotestsrc's frames from the proposed pool.
+#[test]
+fn output_io_modes_give_the_same_stream_on_the_kernel_encoder() {
+    let test = "output_io_modes_give_the_same_stream_on_the_kernel_encoder";
+    if !nodes(test) {
+        return;
+    }
+    if std::env::var_os("GST_VPU_DMA_BACKEND").is_some() {
+        eprintln!("{test}: GST_VPU_DMA_BACKEND is set; this test wants the probed backend");
+        return;
+    }
+    let auto = encode_io("auto");
+    let mmap = encode_io("mmap");
+    let import = encode_io("dmabuf-import");
+    for (mode, out) in [("auto", &auto), ("mmap", &mmap), ("dmabuf-import", &import)] {
+        assert_eq!(out.frames.len(), 60, "{mode}: every frame out");
+        for (i, (a, b)) in out.frames.iter().zip(&auto.frames).enumerate() {
+            assert!(a == b, "{mode}: coded frame {i} equals auto's");
+        }
+    }
+    assert_eq!(io_stats("auto", &auto), (0, 60, "dmabuf-import".into()));
+    assert_eq!(io_stats("mmap", &mmap), (60, 0, "mmap".into()));
+    assert_eq!(
+        io_stats("dmabuf-import", &import),
+        (0, 60, "dmabuf-import".into())
+    );
+    let bytes = stat(mmap.stats.as_ref().unwrap(), "bytes-copied");
+    assert_eq!(
+        bytes,
+        60 * 640 * 480 * 3 / 2,
+        "mmap copies every frame once"
+    );
+}
+
+/// Without a dma-buf allocator (`GST_VPU_DMA_BACKEND=memfd`, as on a board
+/// without /dev/dma_heap and /dev/udmabuf), `auto` falls back to MMAP by
+/// itself and codes the same stream, and `dmabuf-import` is one clear error.
+/// The backend is probed once per process, so the test runs itself again
+/// in a child process with that variable.
+#[test]
+fn auto_takes_mmap_without_a_dma_buf_allocator() {
+    let test = "auto_takes_mmap_without_a_dma_buf_allocator";
+    if !nodes(test) {
+        return;
+    }
+    if std::env::var("GST_VPU_DMA_BACKEND").as_deref() != Ok("memfd") {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env("GST_VPU_DMA_BACKEND", "memfd")
+            .output()
+            .expect("the test binary runs again");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{text}");
+        assert!(text.contains("memfd child: checked"), "{text}");
+        return;
+    }
+    let auto = encode_io("auto");
+    let mmap = encode_io("mmap");
+    assert_eq!(auto.frames.len(), 60);
+    assert!(auto.frames == mmap.frames, "auto codes as mmap does");
+    assert_eq!(io_stats("auto", &auto), (60, 0, "mmap".into()));
+
+    let pipeline = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=5 pattern=ball ! {RAW} \
+         ! vpufwhtenc device={ENC} output-io-mode=dmabuf-import ! fakesink"
+    ))
+    .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let msg = pipeline
+        .bus()
+        .unwrap()
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("an error within 60 s");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let gst::MessageView::Error(e) = msg.view() else {
+        panic!("dmabuf-import of memfd frames on a kernel node gave EOS");
+    };
+    let text = e.error().to_string();
+    assert!(
+        text.contains("dmabuf-import") && text.contains("memfd"),
+        "{text}"
+    );
+    eprintln!("memfd child: checked ({text})");
+}
+
+/// `capture-io-mode` on vicodec's decoder: the same 30 frames in every mode,
+/// none copied; `auto` and `dmabuf` push the exported CAPTURE buffers as
+/// GstDmaBufMemory, `mmap` the same driver memory as plain mapped memory.
+#[test]
+fn capture_io_modes_push_the_same_frames_without_a_copy() {
+    let test = "capture_io_modes_push_the_same_frames_without_a_copy";
+    if !nodes(test) {
+        return;
+    }
+    let coded = encode(ENC, 30);
+    assert_eq!(coded.frames.len(), 30);
+    let file = write_stream("kernel-capture-io", &coded.frames);
+    let decode_io = |mode: &str| {
+        run(
+            &format!(
+                "filesrc location={} ! vpufwhtdec name=vpu device={DEC} capture-io-mode={mode} \
+                 ! video/x-raw,format=I420 ! fakesink name=sink",
+                file.display()
+            ),
+            120,
+        )
+    };
+    let auto = decode_io("auto");
+    let mmap = decode_io("mmap");
+    let dmabuf = decode_io("dmabuf");
+    std::fs::remove_file(&file).ok();
+    for (mode, out, memory) in [
+        ("auto", &auto, "dmabuf"),
+        ("mmap", &mmap, "plain"),
+        ("dmabuf", &dmabuf, "dmabuf"),
+    ] {
+        let stats = out.stats.as_ref().unwrap();
+        eprintln!(
+            "capture-io-mode={mode}: memory {:?}, {stats}",
+            out.memory.first()
+        );
+        assert_eq!(out.frames.len(), 30, "{mode}: every frame out");
+        assert_eq!(stat(stats, "frames-out"), 30, "{mode}: {stats}");
+        assert_eq!(stat(stats, "frame-copies"), 0, "{mode}: {stats}");
+        assert_eq!(out.memory, vec![memory; 30], "{mode}: memory type");
+        for (i, (a, b)) in out.frames.iter().zip(&auto.frames).enumerate() {
+            assert_eq!(a.data.len(), 640 * 480 * 3 / 2, "{mode}: frame {i}");
+            assert!(a == b, "{mode}: decoded frame {i} equals auto's");
+        }
+    }
 }

@@ -35,9 +35,14 @@ struct Received {
 /// checking every frame against the bare codec (a CPU map of the memory
 /// downstream got: a dma-buf map brackets it with DMA_BUF_IOCTL_SYNC).
 fn decode(middle: &str) -> Vec<Received> {
+    decode_with("", middle)
+}
+
+/// [`decode`] with `props` set on the decoder.
+fn decode_with(props: &str, middle: &str) -> Vec<Received> {
     init();
     let desc = format!(
-        "filesrc location={} ! vpufwhtdec name=dec ! {middle} appsink name=sink sync=false",
+        "filesrc location={} ! vpufwhtdec name=dec {props} ! {middle} appsink name=sink sync=false",
         data(VECTOR).display()
     );
     // A consumer that reads GstVideoMeta, as importers do.
@@ -69,7 +74,7 @@ fn decode(middle: &str) -> Vec<Received> {
     assert_eq!(stat(&st, "frame-copies"), 0, "{st}");
     assert_eq!(stat(&st, "coherency-violations"), 0, "{st}");
     pipeline.set_state(gst::State::Null).unwrap();
-    assert_eq!(received.len(), FRAMES, "{desc}: N frames in, N out");
+    assert_eq!(received.len(), FRAMES, "{desc}: N frames in, N out ({st})");
     received
 }
 
@@ -106,5 +111,75 @@ fn dmabuf_caps_feature_when_the_memory_is_a_dma_buf() {
             r.dmabuf_memory,
             "gst_is_dmabuf_memory() on what downstream got"
         );
+    }
+}
+
+/// `capture-io-mode=mmap`: the VPU's frames as plain mapped memory (no fd,
+/// not our allocator's), the same pictures, no copy, no coherency violation
+/// (the CPU sync is done before the push).
+#[test]
+fn capture_io_mode_mmap_pushes_the_same_memory_as_plain_memory() {
+    for r in decode_with("capture-io-mode=mmap", "") {
+        assert!(!r.dmabuf_feature, "plain caps");
+        assert!(
+            !r.fd_memory && !r.dmabuf_memory,
+            "plain memory, not fd memory"
+        );
+        assert!(!r.ours, "not a VpuAllocator memory");
+    }
+}
+
+/// `capture-io-mode=dmabuf`: GstDmaBufMemory where the VPU's memory is a
+/// dma-buf; where it is a memfd, a clear error at start naming the reason.
+#[test]
+fn capture_io_mode_dmabuf_gives_dma_bufs_or_a_clear_error() {
+    if DmaBackend::probe() != DmaBackend::Memfd {
+        for r in decode_with("capture-io-mode=dmabuf", "") {
+            assert!(r.ours && r.dmabuf_memory, "the VPU's dma-bufs");
+        }
+        return;
+    }
+    init();
+    let pipeline = launch(&format!(
+        "filesrc location={} ! vpufwhtdec device=emu capture-io-mode=dmabuf ! fakesink",
+        data(VECTOR).display()
+    ));
+    let _ = pipeline.set_state(gst::State::Playing);
+    let msg = eos_or_error(&pipeline, 10).expect("an error within 10 s");
+    pipeline.set_state(gst::State::Null).unwrap();
+    let gst::MessageView::Error(e) = msg.view() else {
+        panic!("capture-io-mode=dmabuf ran on memfd memory");
+    };
+    let text = format!("{} {:?}", e.error(), e.debug());
+    assert!(
+        text.contains("capture-io-mode=dmabuf") && text.contains("memfd"),
+        "{text}"
+    );
+}
+
+/// `capture-io-mode` on every decoder of the shared base: documented,
+/// `auto` by default, and takes the three modes by name.
+#[test]
+fn capture_io_mode_is_a_documented_property_of_every_decoder() {
+    init();
+    for factory in ["vpufwhtdec", "vpuh264dec"] {
+        let dec = gst::ElementFactory::make(factory).build().unwrap();
+        let p = dec
+            .find_property("capture-io-mode")
+            .unwrap_or_else(|| panic!("{factory} has capture-io-mode"));
+        assert!(p.blurb().is_some_and(|b| b.len() > 100), "{factory}");
+        let nick = |e: &gst::Element| {
+            let v = e.property_value("capture-io-mode");
+            gst::glib::EnumValue::from_value(&v)
+                .unwrap()
+                .1
+                .nick()
+                .to_owned()
+        };
+        assert_eq!(nick(&dec), "auto", "{factory}");
+        for mode in ["mmap", "dmabuf", "auto"] {
+            dec.set_property_from_str("capture-io-mode", mode);
+            assert_eq!(nick(&dec), mode, "{factory}");
+        }
     }
 }

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gst::glib;
 use gst::prelude::*;
 use gstrsvpu::allocator::VpuAllocator;
 use gstrsvpu::m2m::{Format, PixelFormat};
@@ -352,6 +353,7 @@ fn properties_read_like_a_manual() {
             "p-frame-qp",
             "device",
             "memory-policy",
+            "output-io-mode",
             "stats",
         ],
     );
@@ -361,6 +363,15 @@ fn properties_read_like_a_manual() {
     assert_eq!(enc.property::<String>("device"), "auto");
     enc.set_property("device", "emu");
     assert_eq!(enc.property::<String>("device"), "emu");
+    let io_mode = |e: &gst::Element| {
+        let v = e.property_value("output-io-mode");
+        glib::EnumValue::from_value(&v).unwrap().1.nick().to_owned()
+    };
+    assert_eq!(io_mode(&enc), "auto");
+    for nick in ["mmap", "dmabuf-import", "auto"] {
+        enc.set_property_from_str("output-io-mode", nick);
+        assert_eq!(io_mode(&enc), nick);
+    }
 
     let out = std::process::Command::new("gst-inspect-1.0")
         .arg("vpufwhtenc")
@@ -374,6 +385,8 @@ fn properties_read_like_a_manual() {
         "video/x-fwht",
         "gop-size",
         "memory-policy",
+        "output-io-mode",
+        "dmabuf-import",
     ] {
         assert!(text.contains(needle), "gst-inspect shows {needle}:\n{text}");
     }
@@ -630,5 +643,92 @@ fn extra_controls_in_a_launch_line_and_unknown_names_warn() {
         )
         .expect("EOS within 30 s");
     assert!(matches!(msg.view(), gst::MessageView::Eos(_)), "{msg:?}");
+    pipeline.set_state(gst::State::Null).unwrap();
+}
+
+/// `output-io-mode` on the emulated VPU: the same stream in every mode;
+/// `mmap` copies every frame into buffers the VPU allocated, the others
+/// queue videotestsrc's frames (written into the proposed pool) as they are.
+#[test]
+fn output_io_modes_code_the_same_stream() {
+    let n = 8;
+    let modes = ["auto", "mmap", "dmabuf-import"];
+    let outs: Vec<Out> = modes
+        .iter()
+        .map(|m| encode_ball(&format!("device=emu gop-size=4 output-io-mode={m}"), n))
+        .collect();
+    for (m, out) in modes.iter().zip(&outs) {
+        assert_eq!(out.buffers.len(), n, "{m}: every frame");
+        for (i, (a, b)) in out.buffers.iter().zip(&outs[0].buffers).enumerate() {
+            assert_eq!(
+                &a.map_readable().unwrap()[..],
+                &b.map_readable().unwrap()[..],
+                "{m}: coded frame {i} as with auto"
+            );
+        }
+        let stats = out.stats.as_ref().unwrap();
+        let copies = stat(stats, "frame-copies");
+        let imported = stat(stats, "imported-frames");
+        let io = stats.get::<String>("output-io").unwrap();
+        match *m {
+            "mmap" => {
+                assert_eq!((copies, imported), (n as u64, 0), "{m}: {stats}");
+                assert!(stat(stats, "bytes-copied") >= (n * 320 * 240) as u64);
+                assert_eq!(io, "mmap", "{stats}");
+            }
+            _ => {
+                assert_eq!((copies, imported), (0, n as u64), "{m}: {stats}");
+                assert_eq!(io, "dmabuf-import", "{stats}");
+            }
+        }
+    }
+}
+
+/// `output-io-mode=dmabuf-import` with frames in plain system memory: one
+/// clear element error saying why the frame cannot be imported, no copy.
+#[test]
+fn dmabuf_import_refuses_system_memory_with_a_clear_error() {
+    init();
+    let raw = Format::raw(PixelFormat::I420, 320, 240).unwrap();
+    let desc = "appsrc name=src format=time \
+                caps=video/x-raw,format=I420,width=320,height=240,framerate=25/1 \
+                ! vpufwhtenc name=enc device=emu output-io-mode=dmabuf-import \
+                ! fakesink name=sink";
+    let pipeline = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    let src = pipeline.by_name("src").unwrap();
+    let info = gst_video::VideoInfo::builder(gst_video::VideoFormat::I420, 320, 240)
+        .fps(gst::Fraction::new(25, 1))
+        .build()
+        .unwrap();
+    for i in 0..3 {
+        let b = pattern_buffer(&raw, i, &info);
+        let _ = src.emit_by_name::<gst::FlowReturn>("push-buffer", &[&b]);
+    }
+    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    let bus = pipeline.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(30),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("an error within 30 s");
+    let gst::MessageView::Error(e) = msg.view() else {
+        panic!("EOS: system memory was taken in dmabuf-import mode");
+    };
+    let text = e.error().to_string();
+    assert!(
+        text.contains("dmabuf-import") && text.contains("neither VPU memory nor a dma-buf"),
+        "{text}"
+    );
+    let stats = pipeline
+        .by_name("enc")
+        .unwrap()
+        .property::<gst::Structure>("stats");
+    assert_eq!(stat(&stats, "frame-copies"), 0, "{stats}");
+    assert_eq!(stat(&stats, "frames-out"), 0, "{stats}");
     pipeline.set_state(gst::State::Null).unwrap();
 }

@@ -77,7 +77,7 @@ pub(crate) fn video_format(pixelformat: PixelFormat) -> Option<VideoFormat> {
         P::Xrgb32 => VideoFormat::Xrgb,
         P::Rgbx32 => VideoFormat::Rgbx,
         P::Bgrx32 => VideoFormat::Xbgr,
-        P::Fwht | P::H264 => return None,
+        P::Fwht | P::H264 | P::Hevc | P::Vp8 | P::Vp9 => return None,
     })
 }
 

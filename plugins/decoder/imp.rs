@@ -97,6 +97,31 @@ pub enum MemoryPolicy {
     Cacheable,
 }
 
+/// How decoded frames (the VPU's CAPTURE buffers) go downstream
+/// (`capture-io-mode`, named as the v4l2 decoders name theirs). Every mode
+/// pushes the VPU's own memory, never a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstVpuDecCaptureIoMode")]
+pub enum CaptureIoMode {
+    #[default]
+    #[enum_value(
+        name = "Auto: DMABuf memory where the frames are dma-bufs, else fd memory",
+        nick = "auto"
+    )]
+    Auto,
+    #[enum_value(
+        name = "MMAP: the same memory as plain mapped memory, synced for the CPU before the push",
+        nick = "mmap"
+    )]
+    Mmap,
+    #[enum_value(
+        name = "DMABuf: the exported buffers as DMABuf memory (an error where they are not dma-bufs)",
+        nick = "dmabuf"
+    )]
+    Dmabuf,
+}
+
 const DEFAULT_DEVICE: &str = "auto";
 const DEFAULT_MEMORY_POLICY: MemoryPolicy = MemoryPolicy::Auto;
 
@@ -104,6 +129,31 @@ const DEFAULT_MEMORY_POLICY: MemoryPolicy = MemoryPolicy::Auto;
 struct Settings {
     device: DeviceChoice,
     memory_policy: MemoryPolicy,
+    capture_io_mode: CaptureIoMode,
+}
+
+/// A decoded frame pushed as plain memory (`capture-io-mode=mmap`): a view
+/// of the CAPTURE buffer through a mapping of its fd (the same pages, no
+/// copy). Dropping it (downstream freed the frame) gives the buffer back to
+/// the VPU.
+struct PlainFrame {
+    mapping: Arc<crate::sys::Mapping>,
+    len: usize,
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl AsRef<[u8]> for PlainFrame {
+    fn as_ref(&self) -> &[u8] {
+        &self.mapping.as_slice()[..self.len]
+    }
+}
+
+impl Drop for PlainFrame {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
 }
 
 /// Counters behind the `stats` property.
@@ -132,6 +182,9 @@ struct Output {
     /// `memory:DMABuf` caps were negotiated: every frame must be a
     /// GstDmaBufMemory.
     dmabuf: bool,
+    /// `capture-io-mode=mmap`: frames go out as plain memory over these
+    /// mappings of the CAPTURE buffers, by buffer index (made at first use).
+    plain: Option<Mutex<HashMap<u32, Arc<crate::sys::Mapping>>>>,
 }
 
 struct State {
@@ -258,9 +311,14 @@ impl VpuDec {
     /// an appsink without caps) or ANY features gets plain caps.
     fn setup_capture(&self, engine: &Arc<Engine>, sc: &SourceChange) -> Result<(), gst::FlowError> {
         let obj = self.obj();
-        let memory = lock(&self.state)
-            .as_ref()
-            .map_or(MemoryKind::Memfd, |s| s.memory);
+        let io_mode = lock(&self.settings).capture_io_mode;
+        // `mmap` pushes plain memory: never negotiate memory:DMABuf then.
+        let memory = match io_mode {
+            CaptureIoMode::Mmap => MemoryKind::Memfd,
+            CaptureIoMode::Auto | CaptureIoMode::Dmabuf => lock(&self.state)
+                .as_ref()
+                .map_or(MemoryKind::Memfd, |s| s.memory),
+        };
         let mut filter = formats::raw_caps(&sc.formats);
         if memory == MemoryKind::DmaBuf {
             filter
@@ -413,6 +471,7 @@ impl VpuDec {
                 copy_to,
                 info,
                 dmabuf,
+                plain: (io_mode == CaptureIoMode::Mmap).then(Mutex::default),
             }));
         }
         Ok(())
@@ -629,6 +688,9 @@ impl VpuDec {
                 }
             })
         };
+        if let Some(mappings) = &output.plain {
+            return self.wrap_plain(mappings, output, b, release);
+        }
         if output.dmabuf && b.region.kind() != MemoryKind::DmaBuf {
             gst::element_imp_error!(
                 self,
@@ -668,6 +730,62 @@ impl VpuDec {
                 );
                 gst::FlowError::Error
             })?;
+        }
+        Ok(buffer)
+    }
+
+    /// `capture-io-mode=mmap`: the CAPTURE buffer as plain (non-fd) memory
+    /// over a mapping of its fd, synced for the CPU first (plain memory has
+    /// no map hook for the lazy sync of our allocators); `release` runs when
+    /// downstream frees it.
+    fn wrap_plain(
+        &self,
+        mappings: &Mutex<HashMap<u32, Arc<crate::sys::Mapping>>>,
+        output: &Output,
+        b: Buffer,
+        release: Box<dyn FnOnce() + Send>,
+    ) -> Result<gst::Buffer, gst::FlowError> {
+        let fail = |what: String| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Failed,
+                ["CAPTURE buffer {} as mapped memory: {what}", b.index]
+            );
+            gst::FlowError::Error
+        };
+        let region = &b.region;
+        if region.coherency() == Coherency::Cacheable && region.owner() == crate::mem::Owner::Device
+        {
+            region
+                .sync_for_cpu()
+                .map_err(|e| fail(format!("cache sync for the CPU: {e}")))?;
+        }
+        let mapping = {
+            let mut maps = lock(mappings);
+            match maps.get(&b.index) {
+                Some(m) if m.len() >= region.size() => Arc::clone(m),
+                _ => {
+                    let m = crate::sys::Mapping::map(region.fd(), region.size())
+                        .map(Arc::new)
+                        .map_err(|e| fail(format!("mmap of {}: {e}", region.name())))?;
+                    maps.insert(b.index, Arc::clone(&m));
+                    m
+                }
+            }
+        };
+        let mem = gst::Memory::from_slice(PlainFrame {
+            mapping,
+            len: region.size(),
+            release: Some(release),
+        });
+        let mut buffer = gst::Buffer::new();
+        {
+            let buf = buffer.get_mut().ok_or(gst::FlowError::Error)?;
+            buf.append_memory(mem);
+            output
+                .layout
+                .add_to(buf)
+                .map_err(|e| fail(format!("adding the video meta: {e}")))?;
         }
         Ok(buffer)
     }
@@ -891,6 +1009,19 @@ impl ObjectImpl for VpuDec {
                     )
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("capture-io-mode", CaptureIoMode::Auto)
+                    .nick("Capture IO mode")
+                    .blurb(
+                        "How decoded frames (the VPU's CAPTURE buffers, never copied) go \
+                         downstream: dmabuf (as DMABuf memory, memory:DMABuf caps when \
+                         downstream asks for them; an error at start where the frame memory is \
+                         no dma-buf), mmap (as plain mapped memory for CPU consumers, synced for \
+                         the CPU before the push, no memory:DMABuf caps) or auto (DMABuf memory \
+                         where the frames are dma-bufs, else fd memory synced lazily when \
+                         mapped). Read at the next stream format",
+                    )
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb(
@@ -931,6 +1062,11 @@ impl ObjectImpl for VpuDec {
                     lock(&self.settings).memory_policy = p;
                 }
             }
+            "capture-io-mode" => {
+                if let Ok(m) = value.get::<CaptureIoMode>() {
+                    lock(&self.settings).capture_io_mode = m;
+                }
+            }
             other => gst::warning!(self.cat(), imp = self, "no writable property {other}"),
         }
     }
@@ -939,6 +1075,7 @@ impl ObjectImpl for VpuDec {
         match pspec.name() {
             "device" => lock(&self.settings).device.to_string().to_value(),
             "memory-policy" => lock(&self.settings).memory_policy.to_value(),
+            "capture-io-mode" => lock(&self.settings).capture_io_mode.to_value(),
             "stats" => self.stats_structure().to_value(),
             // GObject only asks for properties we installed.
             _ => glib::Value::from_type(pspec.value_type()),
@@ -980,6 +1117,19 @@ impl VideoDecoderImpl for VpuDec {
             opened.info.name,
             opened.info.kind
         );
+        if lock(&self.settings).capture_io_mode == CaptureIoMode::Dmabuf
+            && opened.memory != MemoryKind::DmaBuf
+        {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                [
+                    "capture-io-mode=dmabuf, but the frame memory of {} is not dma-bufs \
+                     (memfd: this system has neither /dev/dma_heap nor /dev/udmabuf); use \
+                     capture-io-mode=auto or mmap",
+                    opened.info.name
+                ]
+            ));
+        }
         let engine = Engine::new(opened.session);
         let thread = engine.spawn().map_err(|e| {
             gst::error_msg!(

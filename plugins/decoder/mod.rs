@@ -19,7 +19,7 @@ use gst_video::subclass::prelude::*;
 
 use crate::m2m::PixelFormat;
 
-pub(crate) use imp::MemoryPolicy;
+pub(crate) use imp::{CaptureIoMode, MemoryPolicy};
 
 glib::wrapper! {
     pub struct VpuDec(ObjectSubclass<imp::VpuDec>)
@@ -110,6 +110,7 @@ pub(crate) fn codec_of(type_: glib::Type) -> &'static Codec {
 /// Registers the base type's plugin API (its enum and the abstract class).
 pub(crate) fn register_api() {
     MemoryPolicy::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
+    CaptureIoMode::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     VpuDec::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
 }
 

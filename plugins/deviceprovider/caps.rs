@@ -8,54 +8,48 @@ use crate::v4l2::discovery::{NodeFormat, SizeRange};
 /// The short codec name of a coded format, as our element names spell it
 /// (`vpu<name>dec`), for the FourCCs of `linux/videodev2.h` we know.
 pub(super) fn codec_name(format: NodeFormat) -> Option<&'static str> {
-    Some(match format {
-        NodeFormat::Known(PixelFormat::Fwht) => "fwht",
-        NodeFormat::Known(PixelFormat::H264) => "h264",
-        NodeFormat::Known(_) => return None,
-        NodeFormat::Other(code) => match &code.to_le_bytes() {
-            b"HEVC" => "h265",
-            b"VP80" => "vp8",
-            b"VP90" => "vp9",
-            b"AV01" => "av1",
-            b"MPG2" => "mpeg2",
-            b"MPG4" => "mpeg4",
-            b"JPEG" | b"MJPG" => "jpeg",
-            _ => return None,
-        },
+    Some(match &format.fourcc().to_le_bytes() {
+        b"FWHT" => "fwht",
+        b"H264" => "h264",
+        b"HEVC" => "h265",
+        b"VP80" => "vp8",
+        b"VP90" => "vp9",
+        b"AV01" => "av1",
+        b"MPG2" => "mpeg2",
+        b"MPG4" => "mpeg4",
+        b"JPEG" | b"MJPG" => "jpeg",
+        _ => return None,
     })
 }
 
 /// The caps of a coded format, with `sizes` as width and height ranges;
 /// `None` for a FourCC with no GStreamer media type we know.
-pub(super) fn coded_caps(format: NodeFormat, sizes: Option<SizeRange>) -> Option<gst::Caps> {
-    let mut caps = match format {
-        NodeFormat::Known(PixelFormat::Fwht) => formats::fwht_caps(None),
-        NodeFormat::Known(PixelFormat::H264) => gst::Caps::builder("video/x-h264")
+pub(crate) fn coded_caps(format: NodeFormat, sizes: Option<SizeRange>) -> Option<gst::Caps> {
+    let mut caps = match format.fourcc() {
+        c if c == PixelFormat::Fwht.fourcc() => formats::fwht_caps(None),
+        c if c == PixelFormat::H264.fourcc() => gst::Caps::builder("video/x-h264")
             .field("stream-format", "byte-stream")
             .field("alignment", "au")
             .build(),
-        NodeFormat::Known(_) => return None,
-        NodeFormat::Other(code) => match code {
-            c if c == fourcc(b"HEVC") => gst::Caps::builder("video/x-h265")
-                .field("stream-format", "byte-stream")
-                .field("alignment", "au")
-                .build(),
-            c if c == fourcc(b"VP80") => gst::Caps::new_empty_simple("video/x-vp8"),
-            c if c == fourcc(b"VP90") => gst::Caps::new_empty_simple("video/x-vp9"),
-            c if c == fourcc(b"AV01") => gst::Caps::new_empty_simple("video/x-av1"),
-            c if c == fourcc(b"MPG2") => gst::Caps::builder("video/mpeg")
-                .field("mpegversion", 2i32)
-                .field("systemstream", false)
-                .build(),
-            c if c == fourcc(b"MPG4") => gst::Caps::builder("video/mpeg")
-                .field("mpegversion", 4i32)
-                .field("systemstream", false)
-                .build(),
-            c if c == fourcc(b"JPEG") || c == fourcc(b"MJPG") => {
-                gst::Caps::new_empty_simple("image/jpeg")
-            }
-            _ => return None,
-        },
+        c if c == PixelFormat::Hevc.fourcc() => gst::Caps::builder("video/x-h265")
+            .field("stream-format", "byte-stream")
+            .field("alignment", "au")
+            .build(),
+        c if c == PixelFormat::Vp8.fourcc() => gst::Caps::new_empty_simple("video/x-vp8"),
+        c if c == PixelFormat::Vp9.fourcc() => gst::Caps::new_empty_simple("video/x-vp9"),
+        c if c == fourcc(b"AV01") => gst::Caps::new_empty_simple("video/x-av1"),
+        c if c == fourcc(b"MPG2") => gst::Caps::builder("video/mpeg")
+            .field("mpegversion", 2i32)
+            .field("systemstream", false)
+            .build(),
+        c if c == fourcc(b"MPG4") => gst::Caps::builder("video/mpeg")
+            .field("mpegversion", 4i32)
+            .field("systemstream", false)
+            .build(),
+        c if c == fourcc(b"JPEG") || c == fourcc(b"MJPG") => {
+            gst::Caps::new_empty_simple("image/jpeg")
+        }
+        _ => return None,
     };
     if let (Some(s), Some(caps)) = (sizes, caps.get_mut()) {
         let dim = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);

@@ -26,7 +26,7 @@
 use gst::glib;
 use gst::prelude::*;
 
-mod caps;
+pub(crate) mod caps;
 mod imp;
 
 glib::wrapper! {

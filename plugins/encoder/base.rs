@@ -33,12 +33,13 @@ use gst::prelude::*;
 use gst_video::prelude::*;
 
 use super::copy::copy_frame;
-use super::engine::{Coded, Engine, EngineError, Stats, Wake};
+use super::engine::{Coded, Engine, EngineError, OutputIo, Stats, Wake};
 use super::pool::VpuBufferPool;
 use crate::common::device::{self, DeviceChoice};
 use crate::common::formats;
 use crate::m2m::{Control, Format, PixelFormat, QueueKind, Role, Session};
-use crate::mem::{Checker, CheckerConfig, Coherency, Region};
+use crate::mem::{Checker, CheckerConfig, Coherency, MemoryKind, Region};
+use crate::sys::DmaBackend;
 
 pub(crate) const DEFAULT_DEVICE: &str = "auto";
 
@@ -115,11 +116,60 @@ impl MemoryPolicy {
     }
 }
 
+/// How the OUTPUT (raw frame) queue gets its memory (`output-io-mode`,
+/// named as the v4l2 encoders name theirs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstVpuEncOutputIoMode")]
+pub(crate) enum OutputIoMode {
+    #[default]
+    #[enum_value(
+        name = "Auto: import dma-bufs where the VPU can, else mmap",
+        nick = "auto"
+    )]
+    Auto,
+    #[enum_value(
+        name = "MMAP: buffers the VPU allocates, every frame copied in",
+        nick = "mmap"
+    )]
+    Mmap,
+    #[enum_value(
+        name = "DMABuf import: upstream memory queued as is, an error where it cannot be",
+        nick = "dmabuf-import"
+    )]
+    DmabufImport,
+}
+
+impl OutputIoMode {
+    fn nick(self) -> &'static str {
+        match self {
+            OutputIoMode::Auto => "auto",
+            OutputIoMode::Mmap => "mmap",
+            OutputIoMode::DmabufImport => "dmabuf-import",
+        }
+    }
+}
+
+/// What `mode` means on a VPU: `kernel` (a V4L2 node, which can only import
+/// real dma-bufs) or the emulated VPU, on a system whose best memory is
+/// `backend`. `auto` imports, except on a kernel node when the system has no
+/// dma-buf allocator (no /dev/dma_heap, no /dev/udmabuf): every frame would
+/// then be a memfd the node cannot import, so it takes MMAP buffers.
+pub(crate) fn resolve_output_io(mode: OutputIoMode, kernel: bool, backend: DmaBackend) -> OutputIo {
+    match mode {
+        OutputIoMode::Mmap => OutputIo::Mmap,
+        OutputIoMode::DmabufImport => OutputIo::Import,
+        OutputIoMode::Auto if kernel && backend == DmaBackend::Memfd => OutputIo::Mmap,
+        OutputIoMode::Auto => OutputIo::Import,
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct Settings<S> {
     codec: S,
     device: DeviceChoice,
     memory_policy: MemoryPolicy,
+    output_io_mode: OutputIoMode,
     /// The `extra-controls` structure as last set.
     extra_controls: Option<gst::Structure>,
     /// `extra-controls` fields beyond the codec's table, for a kernel node
@@ -133,12 +183,19 @@ struct State {
     checker: Arc<Checker>,
     /// Raw caps the session's OUTPUT queue takes.
     sink_caps: gst::Caps,
+    /// The session is on a kernel node: it imports real dma-bufs only.
+    kernel: bool,
 }
 
 /// The streaming setup for the current input format.
 struct Stream {
     engine: Engine,
     info: gst_video::VideoInfo,
+    /// `output-io-mode=dmabuf-import`: a frame that cannot be imported is an
+    /// error, not a copy.
+    import_only: bool,
+    /// The VPU imports real dma-bufs only (a kernel node).
+    kernel: bool,
 }
 
 /// An `extra-controls` name, how its value becomes a [`Control`], its range.
@@ -346,53 +403,64 @@ impl<C: Codec> EncoderBase<C> {
     /// The region behind `input` if it can be queued without a copy: one
     /// memory starting at its fd's start, in the contract layout, that is
     /// ours or a foreign dma-buf (imported: the VPU maps it, `checker`
-    /// watches it like our own memory).
+    /// watches it like our own memory); a kernel node (`kernel`) takes real
+    /// dma-bufs only, not memfds. Else why not.
     fn importable(
-        enc: &Enc,
         input: &gst::BufferRef,
         info: &gst_video::VideoInfo,
         raw: &Format,
         checker: Option<&Arc<Checker>>,
-    ) -> Option<Arc<Region>> {
+        kernel: bool,
+    ) -> Result<Arc<Region>, String> {
         if input.n_memory() != 1 {
-            return None;
+            return Err(format!(
+                "it has {} memories, the VPU takes one",
+                input.n_memory()
+            ));
         }
         let mem = input.peek_memory(0);
         if mem.offset() != 0 {
-            return None;
+            return Err(format!(
+                "its memory starts at byte {} of its fd, the VPU takes byte 0",
+                mem.offset()
+            ));
         }
-        formats::buffer_layout_matches(input, info, raw).ok()?;
+        formats::buffer_layout_matches(input, info, raw)
+            .map_err(|e| format!("its layout is not the VPU's: {e}"))?;
         let region = match crate::allocator::region(mem) {
             Some(region) => region,
             None => {
-                let fd = match crate::allocator::foreign_dmabuf_fd(mem)? {
-                    Ok(fd) => fd,
-                    Err(e) => {
-                        gst::debug!(C::cat(), obj = enc, "cannot import a dma-buf: {e}");
-                        return None;
-                    }
-                };
+                let fd = crate::allocator::foreign_dmabuf_fd(mem)
+                    .ok_or("its memory is neither VPU memory nor a dma-buf")?
+                    .map_err(|e| format!("cannot take its dma-buf: {e}"))?;
                 // The producer may have written it with the CPU: cacheable,
                 // owned by the CPU, so queueing cleans it for the device.
-                match Region::import(
+                let checker = checker.ok_or("no VPU session")?;
+                Region::import(
                     "upstream-dmabuf",
                     fd,
                     raw.size,
                     Coherency::Cacheable,
-                    checker?,
-                ) {
-                    Ok(region) => region,
-                    Err(e) => {
-                        gst::debug!(C::cat(), obj = enc, "cannot import a dma-buf: {e}");
-                        return None;
-                    }
-                }
+                    checker,
+                )
+                .map_err(|e| format!("cannot import its dma-buf: {e}"))?
             }
         };
-        if region.size() < raw.size {
-            return None;
+        if kernel && region.kind() != MemoryKind::DmaBuf {
+            return Err(
+                "it is memfd memory (this system has neither /dev/dma_heap nor \
+                 /dev/udmabuf), which a kernel node cannot import"
+                    .into(),
+            );
         }
-        Some(region)
+        if region.size() < raw.size {
+            return Err(format!(
+                "its memory holds {} bytes, a frame needs {}",
+                region.size(),
+                raw.size
+            ));
+        }
+        Ok(region)
     }
 
     fn encode(
@@ -420,9 +488,34 @@ impl<C: Codec> EncoderBase<C> {
         self.apply_pending(enc, engine)?;
 
         let checker = lock(&self.state).as_ref().map(|st| Arc::clone(&st.checker));
-        if let Some(region) =
-            Self::importable(enc, &input, &stream.info, engine.raw(), checker.as_ref())
-        {
+        let importable = match engine.io() {
+            OutputIo::Mmap => None,
+            OutputIo::Import => Some(Self::importable(
+                &input,
+                &stream.info,
+                engine.raw(),
+                checker.as_ref(),
+                stream.kernel,
+            )),
+        };
+        let importable = match importable {
+            Some(Err(why)) if stream.import_only => {
+                gst::element_error!(
+                    enc,
+                    gst::StreamError::Encode,
+                    ("output-io-mode=dmabuf-import: frame {number} cannot be imported: {why}"),
+                    ["use output-io-mode=auto or mmap to copy such frames"]
+                );
+                return Err(gst::FlowError::Error);
+            }
+            Some(Err(why)) => {
+                gst::trace!(C::cat(), obj = enc, "frame {number} is copied: {why}");
+                None
+            }
+            Some(Ok(region)) => Some(region),
+            None => None,
+        };
+        if let Some(region) = importable {
             let slot = loop {
                 match engine
                     .import_slot(&region)
@@ -488,6 +581,9 @@ impl<C: Codec> EncoderBase<C> {
 
     fn stats_structure(&self) -> gst::Structure {
         let s = lock(&self.stats).clone();
+        let io = lock(&self.stream)
+            .as_ref()
+            .map_or("none", |st| st.engine.io().name());
         let checker = lock(&self.state).as_ref().map(|st| Arc::clone(&st.checker));
         let (syncs, violations) = checker
             .map(|c| {
@@ -513,6 +609,7 @@ impl<C: Codec> EncoderBase<C> {
             .field("cache-syncs", syncs)
             .field("coherency-violations", violations)
             .field("vpu-time-per-frame-us", per_frame)
+            .field("output-io", io)
             .build()
     }
 
@@ -591,14 +688,23 @@ impl<C: Codec> EncoderBase<C> {
         let raw = current
             .or_else(|| Format::raw(pf, info.width(), info.height()))
             .ok_or_else(|| format!("the {} encoder cannot take {caps}", C::CODEC_NAME))?;
-        let (checker, min) = {
+        let (checker, min, kernel) = {
             let st = lock(&self.state);
             let st = st.as_ref().ok_or("no VPU session (not opened)")?;
             (
                 Arc::clone(&st.checker),
                 st.session.min_buffers(QueueKind::Output),
+                st.kernel,
             )
         };
+        let mode = lock(&self.settings).output_io_mode;
+        if resolve_output_io(mode, kernel, DmaBackend::probe()) == OutputIo::Mmap {
+            return Err(format!(
+                "output-io-mode={} resolves to mmap: every frame is copied into \
+                 the VPU's own buffers",
+                mode.nick()
+            ));
+        }
         let coherency = lock(&self.settings).memory_policy.coherency();
         let pool = VpuBufferPool::new(&raw, coherency, &checker).map_err(|e| e.to_string())?;
         let size = u32::try_from(raw.size).map_err(|_| format!("{} bytes", raw.size))?;
@@ -656,6 +762,22 @@ impl<C: Codec> EncoderBase<C> {
                 .default_value(MemoryPolicy::Auto)
                 .mutable_ready()
                 .build(),
+            glib::ParamSpecEnum::builder::<OutputIoMode>("output-io-mode")
+                .nick("Output IO mode")
+                .blurb(
+                    "How raw frames reach the VPU's OUTPUT queue: dmabuf-import \
+                     (V4L2_MEMORY_DMABUF: upstream dma-bufs and VPU memory queued \
+                     as they are; a frame that cannot be imported is an error naming \
+                     why), mmap (V4L2_MEMORY_MMAP: buffers the VPU allocates, every \
+                     frame copied in and counted in stats) or auto (import where \
+                     possible, else copy into the encoder's own buffers; on a kernel \
+                     node of a system without /dev/dma_heap or /dev/udmabuf, mmap). \
+                     The emulated VPU has the same semantics with its own memory, \
+                     and imports memfd memory too. Read when the caps are set",
+                )
+                .default_value(OutputIoMode::Auto)
+                .mutable_ready()
+                .build(),
             glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                 .nick("Statistics")
                 .blurb(&format!(
@@ -666,7 +788,9 @@ impl<C: Codec> EncoderBase<C> {
                      cache-syncs and coherency-violations \
                      (of the whole VPU, shared by every element using it), \
                      vpu-time-per-frame-us (mean time from queueing a frame to its \
-                     coded data, in microseconds). Counters restart at READY->PAUSED",
+                     coded data, in microseconds), output-io (what output-io-mode \
+                     resolved to: dmabuf-import or mmap; none before caps). \
+                     Counters restart at READY->PAUSED",
                     C::ELEMENT
                 ))
                 .read_only()
@@ -708,6 +832,9 @@ impl<C: Codec> EncoderBase<C> {
             "memory-policy" => {
                 settings.memory_policy = value.get().expect("type checked upstream");
             }
+            "output-io-mode" => {
+                settings.output_io_mode = value.get().expect("type checked upstream");
+            }
             other => {
                 gst::error!(C::cat(), obj = enc, "no writable property {other}");
             }
@@ -727,6 +854,7 @@ impl<C: Codec> EncoderBase<C> {
         match pspec.name() {
             "device" => settings.device.to_string().to_value(),
             "memory-policy" => settings.memory_policy.to_value(),
+            "output-io-mode" => settings.output_io_mode.to_value(),
             "extra-controls" => settings.extra_controls.to_value(),
             "stats" => {
                 drop(settings);
@@ -777,6 +905,7 @@ impl<C: Codec> EncoderBase<C> {
             session: Arc::from(opened.session),
             checker,
             sink_caps,
+            kernel: matches!(opened.info.kind, crate::m2m::DeviceKind::Kernel(_)),
         });
         Ok(())
     }
@@ -863,25 +992,33 @@ impl<C: Codec> EncoderBase<C> {
             drop(old);
         }
 
-        let (session, checker) = {
+        let (session, checker, kernel) = {
             let st = lock(&self.state);
             let st = st
                 .as_ref()
                 .ok_or_else(|| gst::loggable_error!(cat, "no VPU session (not opened)"))?;
-            (Arc::clone(&st.session), Arc::clone(&st.checker))
+            (Arc::clone(&st.session), Arc::clone(&st.checker), st.kernel)
         };
         // The new setup starts from the settings: what was pending is in
         // them (a control set from now on is pending again, so none is lost).
         lock(&self.pending).clear();
         lock(&self.pending_named).clear();
-        let (mut controls, coherency, named) = {
+        let (mut controls, coherency, named, io_mode) = {
             let s = lock(&self.settings);
             (
                 C::controls(&s.codec),
                 s.memory_policy.coherency(),
                 s.named_controls.clone(),
+                s.output_io_mode,
             )
         };
+        let io = resolve_output_io(io_mode, kernel, DmaBackend::probe());
+        gst::info!(
+            cat,
+            obj = enc,
+            "output-io-mode {io_mode:?}: OUTPUT takes {} buffers",
+            io.name()
+        );
         let fps = info.fps();
         // Rate control needs a rate: a variable one (0/1) is taken as 30 fps.
         controls.push(if fps.numer() > 0 && fps.denom() > 0 {
@@ -896,6 +1033,7 @@ impl<C: Codec> EncoderBase<C> {
         let engine = Engine::start(
             session,
             &raw,
+            io,
             &controls,
             coherency,
             &checker,
@@ -923,7 +1061,12 @@ impl<C: Codec> EncoderBase<C> {
                 .unwrap_or(gst::ClockTime::ZERO);
             enc.set_latency(frame, Some(frame));
         }
-        *lock(&self.stream) = Some(Stream { engine, info });
+        *lock(&self.stream) = Some(Stream {
+            engine,
+            info,
+            import_only: io_mode == OutputIoMode::DmabufImport,
+            kernel,
+        });
         Ok(())
     }
 
@@ -1115,3 +1258,31 @@ macro_rules! encoder_element {
     };
 }
 pub(crate) use encoder_element;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_io_mode_resolves_per_vpu_and_memory() {
+        use DmaBackend::{DmaHeap, Memfd, Udmabuf};
+        use OutputIoMode::{Auto, DmabufImport, Mmap};
+        for kernel in [false, true] {
+            for backend in [DmaHeap, Udmabuf, Memfd] {
+                // Explicit modes are taken as they are.
+                assert_eq!(resolve_output_io(Mmap, kernel, backend), OutputIo::Mmap);
+                assert_eq!(
+                    resolve_output_io(DmabufImport, kernel, backend),
+                    OutputIo::Import
+                );
+            }
+            // With a dma-buf allocator, auto imports.
+            for backend in [DmaHeap, Udmabuf] {
+                assert_eq!(resolve_output_io(Auto, kernel, backend), OutputIo::Import);
+            }
+        }
+        // Without one: the emulated VPU imports memfds, a kernel node cannot.
+        assert_eq!(resolve_output_io(Auto, false, Memfd), OutputIo::Import);
+        assert_eq!(resolve_output_io(Auto, true, Memfd), OutputIo::Mmap);
+    }
+}

@@ -3,11 +3,16 @@
 //!
 //! # Queues and memory
 //!
-//! OUTPUT (raw frames) uses [`Memory::Import`]: its slots are split between
+//! OUTPUT (raw frames) is set up as [`OutputIo`] says. With
+//! [`OutputIo::Import`] it uses [`Memory::Import`] (`V4L2_MEMORY_DMABUF` on
+//! a kernel node): its slots are split between
 //! *copy slots*, each bound for good to one region of ours that frames are
 //! copied into (so the VPU maps it once), and *import slots*, which take
 //! upstream memory that already is a VPU region (zero copy; the VPU remaps a
-//! slot only when a different region arrives in it). CAPTURE (bitstream)
+//! slot only when a different region arrives in it). With [`OutputIo::Mmap`]
+//! it uses [`Memory::Allocate`] (`V4L2_MEMORY_MMAP`): every slot is a copy
+//! slot whose region the session allocated (the driver's own buffer,
+//! exported), and there are no import slots. CAPTURE (bitstream)
 //! buffers are allocated by the session, coherent: the CPU reads each coded
 //! frame exactly once, right after the VPU wrote it.
 //!
@@ -54,6 +59,26 @@ const POLL: Duration = Duration::from_millis(20);
 /// Longest the streaming thread waits for the VPU, on top of the session's
 /// own watchdog (which normally fires first, as an error).
 pub(super) const WAIT_BOUND: Duration = Duration::from_secs(10);
+
+/// How the OUTPUT queue gets its memory (the `output-io-mode` resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OutputIo {
+    /// [`Memory::Import`]: upstream memory queued as is where it can be,
+    /// else copied into regions of ours.
+    Import,
+    /// [`Memory::Allocate`]: buffers the VPU allocates, frames copied in.
+    Mmap,
+}
+
+impl OutputIo {
+    /// As `output-io-mode` and the stats name it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            OutputIo::Import => "dmabuf-import",
+            OutputIo::Mmap => "mmap",
+        }
+    }
+}
 
 /// A coded frame ready to go downstream.
 #[derive(Debug)]
@@ -116,6 +141,10 @@ struct Inner {
 /// What the streaming side and `vpu-capture` share.
 pub(super) struct Shared {
     session: Arc<dyn Session>,
+    /// OUTPUT slots `0..copy_slots` are copy slots, the next `import_slots`
+    /// import slots.
+    copy_slots: u32,
+    import_slots: u32,
     inner: Mutex<Inner>,
     cond: Condvar,
     stats: Arc<Mutex<Stats>>,
@@ -137,6 +166,7 @@ pub(super) enum Wake<T> {
 pub(super) struct Engine {
     shared: Arc<Shared>,
     raw: Format,
+    io: OutputIo,
     copy_regions: Vec<Arc<Region>>,
     /// The region each import slot holds now (streaming thread only).
     import_regions: Vec<Option<u64>>,
@@ -154,6 +184,7 @@ impl Engine {
     pub(super) fn start(
         session: Arc<dyn Session>,
         raw: &Format,
+        io: OutputIo,
         controls: &[Control],
         coherency: Coherency,
         checker: &Arc<Checker>,
@@ -167,24 +198,52 @@ impl Engine {
         let raw = s
             .set_format(QueueKind::Output, raw)
             .map_err(EngineError::Setup)?;
-        s.allocate_buffers(QueueKind::Output, COPY_SLOTS + IMPORT_SLOTS, Memory::Import)
-            .map_err(EngineError::Setup)?;
-        let backend = DmaBackend::probe();
-        let copy_regions = (0..COPY_SLOTS)
-            .map(|i| {
-                Region::allocate(
-                    &format!("{name}-frame-{i}"),
-                    raw.size,
-                    coherency,
-                    backend,
-                    checker,
-                )
-                .map_err(|source| EngineError::Memory {
-                    size: raw.size,
-                    source,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (copy_regions, import_slots) = match io {
+            OutputIo::Import => {
+                s.allocate_buffers(QueueKind::Output, COPY_SLOTS + IMPORT_SLOTS, Memory::Import)
+                    .map_err(EngineError::Setup)?;
+                let backend = DmaBackend::probe();
+                let regions = (0..COPY_SLOTS)
+                    .map(|i| {
+                        Region::allocate(
+                            &format!("{name}-frame-{i}"),
+                            raw.size,
+                            coherency,
+                            backend,
+                            checker,
+                        )
+                        .map_err(|source| EngineError::Memory {
+                            size: raw.size,
+                            source,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (regions, IMPORT_SLOTS)
+            }
+            OutputIo::Mmap => {
+                let buffers = s
+                    .allocate_buffers(QueueKind::Output, COPY_SLOTS, Memory::Allocate(coherency))
+                    .map_err(EngineError::Setup)?;
+                let mut regions = Vec::with_capacity(buffers.len());
+                for (i, b) in buffers.into_iter().enumerate() {
+                    if b.index as usize != i || b.region.size() < raw.size {
+                        return Err(EngineError::Setup(M2mError::InvalidState {
+                            queue: QueueKind::Output,
+                            reason: format!(
+                                "buffer {i} came back as index {} of {} bytes, \
+                                 a {}-byte frame needs one",
+                                b.index,
+                                b.region.size(),
+                                raw.size
+                            ),
+                        }));
+                    }
+                    regions.push(b.region);
+                }
+                (regions, 0)
+            }
+        };
+        let copy_slots = copy_regions.len() as u32;
         let captures = s
             .allocate_buffers(
                 QueueKind::Capture,
@@ -200,6 +259,8 @@ impl Engine {
         }
         let shared = Arc::new(Shared {
             session,
+            copy_slots,
+            import_slots,
             inner: Mutex::new(Inner::default()),
             cond: Condvar::new(),
             stats,
@@ -207,9 +268,10 @@ impl Engine {
         let mut engine = Engine {
             shared,
             raw,
+            io,
             copy_regions,
-            import_regions: vec![None; IMPORT_SLOTS as usize],
-            import_bound_at: vec![0; IMPORT_SLOTS as usize],
+            import_regions: vec![None; import_slots as usize],
+            import_bound_at: vec![0; import_slots as usize],
             binds: 0,
             thread: None,
         };
@@ -219,9 +281,10 @@ impl Engine {
     }
 
     fn reset_slots(&self) {
+        let (copy, import) = (self.shared.copy_slots, self.shared.import_slots);
         let mut inner = lock(&self.shared.inner);
-        inner.free_copy = (0..COPY_SLOTS).rev().collect();
-        inner.free_import = (COPY_SLOTS..COPY_SLOTS + IMPORT_SLOTS).rev().collect();
+        inner.free_copy = (0..copy).rev().collect();
+        inner.free_import = (copy..copy + import).rev().collect();
         for (_, b) in inner.imported.drain() {
             release_busy(&b);
         }
@@ -253,6 +316,11 @@ impl Engine {
     /// The OUTPUT format in effect.
     pub(super) fn raw(&self) -> &Format {
         &self.raw
+    }
+
+    /// How the OUTPUT queue gets its memory.
+    pub(super) fn io(&self) -> OutputIo {
+        self.io
     }
 
     pub(super) fn session(&self) -> &dyn Session {
@@ -321,15 +389,23 @@ impl Engine {
 
     /// A free import slot: one that already holds `region` (no remap), else
     /// one that never held a region, else the free one bound longest ago.
+    /// An engine without import slots ([`OutputIo::Mmap`]) refuses.
     pub(super) fn import_slot(&self, region: &Region) -> Result<Wake<u32>, EngineError> {
+        let (copy, import) = (self.shared.copy_slots, self.shared.import_slots);
+        if import == 0 {
+            return Err(EngineError::Vpu(format!(
+                "OUTPUT is set up for {} buffers: nothing can be imported",
+                self.io.name()
+            )));
+        }
         let id = region.id();
         let known = &self.import_regions;
         let bound_at = &self.import_bound_at;
         self.wait_for(|i| {
-            if IMPORT_SLOTS as usize - i.free_import.len() >= IMPORT_DEPTH {
+            if import as usize - i.free_import.len() >= IMPORT_DEPTH {
                 return None;
             }
-            let held = |s: &u32| known[(s - COPY_SLOTS) as usize];
+            let held = |s: &u32| known[(s - copy) as usize];
             let pos = i
                 .free_import
                 .iter()
@@ -337,7 +413,7 @@ impl Engine {
                 .or_else(|| i.free_import.iter().position(|s| held(s).is_none()))
                 .or_else(|| {
                     (0..i.free_import.len())
-                        .min_by_key(|&p| bound_at[(i.free_import[p] - COPY_SLOTS) as usize])
+                        .min_by_key(|&p| bound_at[(i.free_import[p] - copy) as usize])
                 })?;
             Some(i.free_import.swap_remove(pos))
         })
@@ -346,9 +422,9 @@ impl Engine {
     /// Waits until the VPU holds no frame (every OUTPUT buffer done), handing
     /// coded frames out meanwhile.
     pub(super) fn wait_idle(&self) -> Result<Wake<()>, EngineError> {
+        let (copy, import) = (self.shared.copy_slots, self.shared.import_slots);
         self.wait_for(|i| {
-            (i.free_copy.len() == COPY_SLOTS as usize
-                && i.free_import.len() == IMPORT_SLOTS as usize)
+            (i.free_copy.len() == copy as usize && i.free_import.len() == import as usize)
                 .then_some(())
         })
     }
@@ -383,7 +459,7 @@ impl Engine {
         frame: u32,
         keyframe: bool,
     ) -> Result<(), EngineError> {
-        let i = (slot - COPY_SLOTS) as usize;
+        let i = (slot - self.shared.copy_slots) as usize;
         if self.import_regions[i] != Some(region.id()) {
             self.import_regions[i] = Some(region.id());
             self.binds += 1;
@@ -432,7 +508,7 @@ impl Engine {
             if let Some(h) = inner.imported.remove(&slot) {
                 release_busy(&h);
             }
-            free_slot(&mut inner, slot);
+            free_slot(&mut inner, self.shared.copy_slots, slot);
             return Err(EngineError::Vpu(e.to_string()));
         }
         Ok(())
@@ -514,8 +590,8 @@ fn release_busy(b: &gst::Buffer) {
     }
 }
 
-fn free_slot(inner: &mut Inner, slot: u32) {
-    if slot < COPY_SLOTS {
+fn free_slot(inner: &mut Inner, copy_slots: u32, slot: u32) {
+    if slot < copy_slots {
         inner.free_copy.push(slot);
     } else {
         inner.free_import.push(slot);
@@ -544,7 +620,7 @@ fn capture_loop(shared: &Shared) {
                 if let Some(h) = inner.imported.remove(&b.index) {
                     release_busy(&h);
                 }
-                free_slot(&mut inner, b.index);
+                free_slot(&mut inner, shared.copy_slots, b.index);
                 Ok(())
             }
             Event::BufferDone(b) => on_capture(shared, b),

@@ -13,6 +13,12 @@ pub enum PixelFormat {
     Fwht = fourcc(b"FWHT"),
     /// Coded: H.264 Annex-B byte stream (`H264`).
     H264 = fourcc(b"H264"),
+    /// Coded: H.265/HEVC Annex-B byte stream (`HEVC`). Kernel nodes only.
+    Hevc = fourcc(b"HEVC"),
+    /// Coded: VP8 frames (`VP80`). Kernel nodes only.
+    Vp8 = fourcc(b"VP80"),
+    /// Coded: VP9 frames (`VP90`). Kernel nodes only.
+    Vp9 = fourcc(b"VP90"),
     /// 4:2:0 planar Y, U, V (`YU12`).
     I420 = fourcc(b"YU12"),
     /// 4:2:0 planar Y, V, U (`YV12`).
@@ -55,6 +61,9 @@ impl PixelFormat {
     pub const ALL: &'static [PixelFormat] = &[
         PixelFormat::Fwht,
         PixelFormat::H264,
+        PixelFormat::Hevc,
+        PixelFormat::Vp8,
+        PixelFormat::Vp9,
         PixelFormat::I420,
         PixelFormat::Yv12,
         PixelFormat::Nv12,
@@ -84,7 +93,14 @@ impl PixelFormat {
 
     /// True for compressed (bitstream) formats.
     pub const fn is_coded(self) -> bool {
-        matches!(self, PixelFormat::Fwht | PixelFormat::H264)
+        matches!(
+            self,
+            PixelFormat::Fwht
+                | PixelFormat::H264
+                | PixelFormat::Hevc
+                | PixelFormat::Vp8
+                | PixelFormat::Vp9
+        )
     }
 }
 

@@ -45,7 +45,7 @@ impl RawLayoutInfo {
                 P::Rgb24 | P::Bgr24 => (3, 3, 1, 1, 1, 1),
                 P::Xbgr32 | P::Xrgb32 | P::Rgbx32 | P::Bgrx32 => (4, 4, 1, 1, 1, 1),
                 P::Grey => (1, 1, 1, 1, 1, 1),
-                P::Fwht | P::H264 => return None,
+                P::Fwht | P::H264 | P::Hevc | P::Vp8 | P::Vp9 => return None,
             };
         Some(RawLayoutInfo {
             bytesperline_mult,

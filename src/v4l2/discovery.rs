@@ -499,13 +499,18 @@ mod tests {
 
     #[test]
     fn a_decoder_may_list_no_raw_format_before_the_stream() {
-        let dec = classify(formats(&[b"H264", b"VP80"], &[]), formats(&[], &[])).unwrap();
+        let dec = classify(
+            formats(&[b"H264", b"VP80", b"AV01"], &[]),
+            formats(&[], &[]),
+        )
+        .unwrap();
         assert_eq!(dec.role, Role::Decoder);
         assert_eq!(
             dec.coded,
             vec![
                 NodeFormat::Known(PixelFormat::H264),
-                NodeFormat::Other(fourcc(b"VP80"))
+                NodeFormat::Known(PixelFormat::Vp8),
+                NodeFormat::Other(fourcc(b"AV01"))
             ]
         );
         assert!(dec.raw.is_empty());
@@ -559,7 +564,11 @@ mod tests {
             NodeFormat::from_fourcc(fourcc(b"FWHT")).known(),
             Some(PixelFormat::Fwht)
         );
-        assert_eq!(NodeFormat::from_fourcc(fourcc(b"HEVC")).known(), None);
+        assert_eq!(
+            NodeFormat::from_fourcc(fourcc(b"HEVC")).known(),
+            Some(PixelFormat::Hevc)
+        );
+        assert_eq!(NodeFormat::from_fourcc(fourcc(b"AV01")).known(), None);
     }
 
     #[test]

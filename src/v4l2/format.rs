@@ -149,7 +149,7 @@ fn family(p: PixelFormat) -> Option<Family> {
         }
         P::Rgb24 | P::Bgr24 | P::Xbgr32 | P::Xrgb32 | P::Rgbx32 | P::Bgrx32 => Some(Family::Rgb),
         P::Grey => Some(Family::Grey),
-        P::Fwht | P::H264 => None,
+        P::Fwht | P::H264 | P::Hevc | P::Vp8 | P::Vp9 => None,
     }
 }
 
