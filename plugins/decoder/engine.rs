@@ -216,12 +216,14 @@ impl Engine {
                     // still has the new format's frames to come (its own
                     // LAST follows them).
                     let reconfigure = inner.reconfigure.take();
-                    if reconfigure.is_none() {
-                        inner.draining = false;
-                    }
+                    let drained = reconfigure.is_none();
                     drop(inner);
                     self.end_of_sequence(b, has_frame, reconfigure);
                     inner = lock(&self.inner);
+                    if drained {
+                        // Only now: the frames `start` turned up are ready.
+                        inner.draining = false;
+                    }
                 }
                 inner.changes += 1;
                 drop(inner);
@@ -256,6 +258,23 @@ impl Engine {
         if let Err(e) = self.session.start() {
             self.notify(|i| i.fatal = Some(Fatal::from(&e)));
             return;
+        }
+        // A driver may complete frames of the drain after LAST; the session
+        // hands them out right after `start`. They come before the drain
+        // ends, and before LAST's own frame (older frames go first).
+        loop {
+            let event = {
+                let _events = lock(&self.events);
+                self.session.wait_event(Duration::ZERO)
+            };
+            match event {
+                Ok(Some(event)) => self.handle(event),
+                Ok(None) => break,
+                Err(e) => {
+                    self.notify(|i| i.fatal = Some(Fatal::from(&e)));
+                    return;
+                }
+            }
         }
         if has_frame {
             lock(&self.inner).ready.push_back(Ready::Frame(b));
