@@ -216,12 +216,14 @@ impl Engine {
                     // still has the new format's frames to come (its own
                     // LAST follows them).
                     let reconfigure = inner.reconfigure.take();
-                    if reconfigure.is_none() {
-                        inner.draining = false;
-                    }
+                    let drained = reconfigure.is_none();
                     drop(inner);
                     self.end_of_sequence(b, has_frame, reconfigure);
                     inner = lock(&self.inner);
+                    if drained {
+                        // Only now: the frames `start` turned up are ready.
+                        inner.draining = false;
+                    }
                 }
                 inner.changes += 1;
                 drop(inner);
@@ -256,6 +258,23 @@ impl Engine {
         if let Err(e) = self.session.start() {
             self.notify(|i| i.fatal = Some(Fatal::from(&e)));
             return;
+        }
+        // A driver may complete frames of the drain after LAST; the session
+        // hands them out right after `start`. They come before the drain
+        // ends, and before LAST's own frame (older frames go first).
+        loop {
+            let event = {
+                let _events = lock(&self.events);
+                self.session.wait_event(Duration::ZERO)
+            };
+            match event {
+                Ok(Some(event)) => self.handle(event),
+                Ok(None) => break,
+                Err(e) => {
+                    self.notify(|i| i.fatal = Some(Fatal::from(&e)));
+                    return;
+                }
+            }
         }
         if has_frame {
             lock(&self.inner).ready.push_back(Ready::Frame(b));
@@ -560,5 +579,166 @@ impl Engine {
             }
             seen = self.wait_change(seen, WAIT_SLICE.min(deadline - now));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::m2m::{Control, PixelFormat, QueueError, Role};
+    use crate::mem::{Checker, CheckerConfig};
+    use crate::sys::DmaBackend;
+
+    /// A session that hands out scripted events, and whose `start` is slow
+    /// (as vicodec's: DEC_CMD_START, then STREAMOFF/STREAMON of CAPTURE and
+    /// re-queueing) and may turn up more events (frames a driver completed
+    /// after LAST).
+    struct Scripted {
+        events: Mutex<VecDeque<Event>>,
+        after_start: Mutex<Vec<Event>>,
+        start_delay: Duration,
+    }
+
+    impl Session for Scripted {
+        fn role(&self) -> Role {
+            Role::Decoder
+        }
+        fn codec(&self) -> PixelFormat {
+            PixelFormat::Fwht
+        }
+        fn enum_formats(&self, _queue: QueueKind) -> Vec<PixelFormat> {
+            Vec::new()
+        }
+        fn set_format(&self, queue: QueueKind, _format: &Format) -> Result<Format, M2mError> {
+            Err(M2mError::InvalidState {
+                queue,
+                reason: "scripted session".into(),
+            })
+        }
+        fn format(&self, queue: QueueKind) -> Result<Format, M2mError> {
+            Err(M2mError::InvalidState {
+                queue,
+                reason: "scripted session".into(),
+            })
+        }
+        fn set_control(&self, control: Control) -> Result<(), M2mError> {
+            Err(M2mError::InvalidControl {
+                control,
+                reason: "scripted session".into(),
+            })
+        }
+        fn min_buffers(&self, _queue: QueueKind) -> u32 {
+            1
+        }
+        fn allocate_buffers(
+            &self,
+            queue: QueueKind,
+            count: u32,
+            _memory: Memory,
+        ) -> Result<Vec<Buffer>, M2mError> {
+            Ok((0..count)
+                .map(|index| capture(index, 0, 0, BufferFlags::NONE))
+                .filter(|b| b.queue == queue)
+                .collect())
+        }
+        fn add_buffers(
+            &self,
+            queue: QueueKind,
+            count: u32,
+            memory: Memory,
+        ) -> Result<Vec<Buffer>, M2mError> {
+            self.allocate_buffers(queue, count, memory)
+        }
+        fn stream_on(&self, _queue: QueueKind) -> Result<(), M2mError> {
+            Ok(())
+        }
+        fn stream_off(&self, _queue: QueueKind) -> Result<Vec<Buffer>, M2mError> {
+            Ok(Vec::new())
+        }
+        fn queue(&self, _buffer: Buffer) -> Result<(), QueueError> {
+            Ok(())
+        }
+        fn wait_event(&self, timeout: Duration) -> Result<Option<Event>, M2mError> {
+            if let Some(event) = lock(&self.events).pop_front() {
+                return Ok(Some(event));
+            }
+            std::thread::sleep(timeout.min(Duration::from_millis(2)));
+            Ok(None)
+        }
+        fn drain(&self) -> Result<(), M2mError> {
+            Ok(())
+        }
+        fn start(&self) -> Result<(), M2mError> {
+            std::thread::sleep(self.start_delay);
+            let more = std::mem::take(&mut *lock(&self.after_start));
+            lock(&self.events).extend(more);
+            Ok(())
+        }
+    }
+
+    /// A CAPTURE buffer as the device returns it.
+    fn capture(index: u32, timestamp: u64, bytesused: usize, flags: BufferFlags) -> Buffer {
+        let checker = Checker::new(CheckerConfig::default());
+        let region = Region::allocate("cap", 64, Coherency::Coherent, DmaBackend::Memfd, &checker)
+            .expect("a memfd region");
+        Buffer {
+            bytesused,
+            timestamp,
+            flags,
+            ..Buffer::new(QueueKind::Capture, index, region)
+        }
+    }
+
+    /// Drains as the element does (waits while the drain runs) and returns
+    /// the timestamps of the frames ready once it has ended.
+    fn drain_then_ready(events: Vec<Event>, after_start: Vec<Event>) -> Vec<u64> {
+        let engine = Engine::new(Box::new(Scripted {
+            events: Mutex::new(events.into()),
+            after_start: Mutex::new(after_start),
+            start_delay: Duration::from_millis(200),
+        }));
+        engine
+            .start_capture(3, Coherency::Coherent)
+            .expect("the scripted CAPTURE queue");
+        engine.drain().expect("the scripted drain");
+        let thread = engine.spawn().expect("the capture thread");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while engine.drain_state() == DrainState::Running {
+            assert!(Instant::now() < deadline, "the drain never ended");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut frames = Vec::new();
+        while let Some(ready) = engine.pop_ready() {
+            if let Ready::Frame(b) = ready {
+                frames.push(b.timestamp);
+            }
+        }
+        engine.shutdown();
+        thread.join().expect("the capture thread ends");
+        frames
+    }
+
+    /// vicodec flags the final frame's own CAPTURE buffer LAST when the
+    /// STOP comes before that frame is decoded: the drain must not end
+    /// before the frame is ready (it was lost while `start` ran).
+    #[test]
+    fn a_frame_on_the_last_buffer_is_ready_when_the_drain_ends() {
+        let events = vec![
+            Event::BufferDone(capture(1, 4, 64, BufferFlags::PFRAME)),
+            Event::BufferDone(capture(0, 5, 64, BufferFlags::PFRAME | BufferFlags::LAST)),
+        ];
+        assert_eq!(drain_then_ready(events, Vec::new()), vec![4, 5]);
+    }
+
+    /// A frame the device completes after an empty LAST (handed out after
+    /// `start`) still belongs to the drain.
+    #[test]
+    fn a_frame_completed_after_an_empty_last_is_ready_when_the_drain_ends() {
+        let events = vec![
+            Event::BufferDone(capture(1, 4, 64, BufferFlags::PFRAME)),
+            Event::BufferDone(capture(2, 0, 0, BufferFlags::LAST)),
+        ];
+        let late = vec![Event::BufferDone(capture(0, 5, 64, BufferFlags::PFRAME))];
+        assert_eq!(drain_then_ready(events, late), vec![4, 5]);
     }
 }

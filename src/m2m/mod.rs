@@ -340,6 +340,9 @@ pub trait Session: Send + Sync {
     /// `V4L2_DEC_CMD_STOP` / `V4L2_ENC_CMD_STOP`: drain.
     fn drain(&self) -> Result<(), M2mError>;
     /// `V4L2_DEC_CMD_START` / `V4L2_ENC_CMD_START`: resume after a drain.
+    /// CAPTURE buffers a driver completed after its LAST buffer (a kernel
+    /// race, see `v4l2::KernelSession`) come out as `BufferDone` events
+    /// right after this returns: they still belong to the drain.
     fn start(&self) -> Result<(), M2mError>;
 }
 

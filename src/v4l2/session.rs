@@ -904,6 +904,9 @@ impl KernelSession {
             "{}: CAPTURE still ends in EPIPE after START: STREAMOFF/STREAMON",
             self.path.display()
         );
+        // STREAMOFF discards whatever the driver completed but DQBUF could
+        // not hand out any more: take it first.
+        self.take_done_capture(st)?;
         ioctl::streamoff(&self.fd, qt)
             .map_err(|e| self.kernel_err("VIDIOC_STREAMOFF CAPTURE (resume)", e))?;
         ioctl::streamon(&self.fd, qt)
@@ -925,6 +928,55 @@ impl KernelSession {
         for mut b in requeue {
             b.flags = BufferFlags::NO_CACHE_CLEAN;
             self.try_queue(st, b).map_err(|e| e.error)?;
+        }
+        Ok(())
+    }
+
+    /// Takes the CAPTURE buffers the driver completed after the LAST one
+    /// (DQBUF answers EPIPE once LAST was dequeued) with QUERYBUF, in
+    /// sequence order, into `pending`, so that no frame is lost.
+    ///
+    /// vicodec (and any driver on v4l2-mem2mem's generic drain) can return
+    /// the empty LAST buffer before the drain's final frame:
+    /// `V4L2_DEC_CMD_STOP` finds the OUTPUT queue empty once `device_run`,
+    /// on the m2m worker, has removed the frame's OUTPUT buffer, and flags
+    /// another CAPTURE buffer LAST at once, while the frame's own CAPTURE
+    /// buffer is only marked done right after.
+    fn take_done_capture(&self, st: &mut State) -> Result<(), M2mError> {
+        let qt = self.qtype(QueueKind::Capture);
+        let queued: Vec<usize> = st
+            .capture
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.queued)
+            .map(|(index, _)| index)
+            .collect();
+        let mut done = Vec::new();
+        for index in queued {
+            let b: UncheckedV4l2Buffer = ioctl::querybuf(&self.fd, qt, index).map_err(|e| {
+                M2mError::Kernel(format!(
+                    "{}: VIDIOC_QUERYBUF CAPTURE {index}: {e}",
+                    self.path.display()
+                ))
+            })?;
+            let flags = ioctl::BufferFlags::from_bits_truncate(b.0.flags);
+            if flags.contains(ioctl::BufferFlags::DONE)
+                && !flags.contains(ioctl::BufferFlags::QUEUED)
+            {
+                done.push(b);
+            }
+        }
+        done.sort_by_key(|b| b.0.sequence);
+        for b in done {
+            let buffer = self.dequeued(st, QueueKind::Capture, b)?;
+            log::debug!(
+                "{}: CAPTURE buffer {} (timestamp {}) completed after LAST: taken",
+                self.path.display(),
+                buffer.index,
+                buffer.timestamp
+            );
+            st.pending.push_back(Event::BufferDone(buffer));
         }
         Ok(())
     }
