@@ -31,11 +31,13 @@ struct Received {
     ours: bool,
 }
 
-/// Decodes the vector through `filesrc ! vpufwhtdec ! {middle} appsink`,
-/// checking every frame against the bare codec (a CPU map of the memory
-/// downstream got: a dma-buf map brackets it with DMA_BUF_IOCTL_SYNC).
+/// Decodes the vector through `filesrc ! vpufwhtdec device=emu ! {middle}
+/// appsink`, checking every frame against the bare codec (a CPU map of the
+/// memory downstream got: a dma-buf map brackets it with
+/// DMA_BUF_IOCTL_SYNC). The emulated VPU explicitly: in the VM `auto` would
+/// pick vicodec, whose frames tests/kernel_*.rs check.
 fn decode(middle: &str) -> Vec<Received> {
-    decode_with("", middle)
+    decode_with("device=emu", middle)
 }
 
 /// [`decode`] with `props` set on the decoder.
