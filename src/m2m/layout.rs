@@ -64,6 +64,45 @@ pub(crate) const fn vic_round_dim(dim: u32, div: u32) -> u32 {
     dim.div_ceil(m) * m
 }
 
+/// The planes of one buffer: luma (`stride` x `rows`) first, then the chroma
+/// planes right after it: one semi-planar plane at the luma stride, or two
+/// planar ones at half of it, each `chroma_rows` high.
+fn plane_layouts(
+    nplanes: usize,
+    stride: usize,
+    rows: usize,
+    chroma_rows: usize,
+) -> Vec<PlaneLayout> {
+    let luma_size = stride * rows;
+    let mut planes = vec![PlaneLayout {
+        offset: 0,
+        stride,
+        rows,
+    }];
+    match nplanes {
+        2 => planes.push(PlaneLayout {
+            offset: luma_size,
+            stride,
+            rows: chroma_rows,
+        }),
+        3 => {
+            let cstride = stride / 2;
+            planes.push(PlaneLayout {
+                offset: luma_size,
+                stride: cstride,
+                rows: chroma_rows,
+            });
+            planes.push(PlaneLayout {
+                offset: luma_size + cstride * chroma_rows,
+                stride: cstride,
+                rows: chroma_rows,
+            });
+        }
+        _ => {}
+    }
+    planes
+}
+
 impl Format {
     /// The layout of a raw frame of `width` x `height` visible pixels, exactly as
     /// vicodec lays it out: coded size rounded up to 8 (16 in subsampled
@@ -79,34 +118,8 @@ impl Format {
         let coded_w = vic_round_dim(width, info.width_div) as usize;
         let coded_h = vic_round_dim(height, info.height_div) as usize;
         let stride = coded_w * info.bytesperline_mult;
-        let luma_size = stride * coded_h;
         let chroma_rows = coded_h / info.height_div as usize;
-        let mut planes = vec![PlaneLayout {
-            offset: 0,
-            stride,
-            rows: coded_h,
-        }];
-        match info.planes {
-            2 => planes.push(PlaneLayout {
-                offset: luma_size,
-                stride,
-                rows: chroma_rows,
-            }),
-            3 => {
-                let cstride = stride / 2;
-                planes.push(PlaneLayout {
-                    offset: luma_size,
-                    stride: cstride,
-                    rows: chroma_rows,
-                });
-                planes.push(PlaneLayout {
-                    offset: luma_size + cstride * chroma_rows,
-                    stride: cstride,
-                    rows: chroma_rows,
-                });
-            }
-            _ => {}
-        }
+        let planes = plane_layouts(info.planes, stride, coded_h, chroma_rows);
         Some(Format {
             pixelformat,
             width,
@@ -141,34 +154,10 @@ impl Format {
             return None;
         }
         let rows = coded_height as usize;
-        let luma_size = stride.checked_mul(rows)?;
+        // The luma plane's size must not overflow (the chroma planes are smaller).
+        stride.checked_mul(rows)?;
         let chroma_rows = rows / info.height_div as usize;
-        let mut planes = vec![PlaneLayout {
-            offset: 0,
-            stride,
-            rows,
-        }];
-        match info.planes {
-            2 => planes.push(PlaneLayout {
-                offset: luma_size,
-                stride,
-                rows: chroma_rows,
-            }),
-            3 => {
-                let cstride = stride / 2;
-                planes.push(PlaneLayout {
-                    offset: luma_size,
-                    stride: cstride,
-                    rows: chroma_rows,
-                });
-                planes.push(PlaneLayout {
-                    offset: luma_size + cstride * chroma_rows,
-                    stride: cstride,
-                    rows: chroma_rows,
-                });
-            }
-            _ => {}
-        }
+        let planes = plane_layouts(info.planes, stride, rows, chroma_rows);
         let end = planes
             .iter()
             .map(|p| p.offset + p.stride * p.rows)
