@@ -22,6 +22,15 @@
 //! (reference counts only: no source generation is timed). Caps negotiation
 //! and pool allocation are thus inside the timed span, once per run.
 //!
+//! Pairs: each row is `ELEMENTS_BENCH_RUNS` pairs of one bare run and one
+//! element run back to back, alternating which of the two goes first. On
+//! this shared 2-core machine the speed of the same code drifts by tens of
+//! percent over a minute (other tenants, cache state); timing all bare runs
+//! first and all element runs later let that drift into the ratio (the same
+//! build measured 0.63 and 1.00 for 1080p encode within ten minutes). The
+//! ratio printed is the median of the pairs' ratios, which a drift slower
+//! than a pair cancels out of.
+//!
 //! A second encode row, `videotestsrc pattern=ball ! vpufwhtenc ! fakesink`,
 //! is the issue's literal pipeline: videotestsrc writes into the encoder's
 //! proposed pool (no copy), but its generation cost is inside the figure;
@@ -57,7 +66,7 @@
 //! frames per run (default 600 at 640x480, 120 at 1920x1080: enough that
 //! the start-up, inside every run's time and printed apart, weighs a few
 //! percent at most),
-//! ELEMENTS_BENCH_RUNS=n (default 5; the median is printed),
+//! ELEMENTS_BENCH_RUNS=n (default 5 pairs; medians are printed),
 //! ELEMENTS_BENCH_SIZE=640x480 (one size only), ELEMENTS_BENCH_ROWS=enc,vts,dec
 //! (which rows; e.g. `dec` alone under a profiler). Under
 //! `cargo test --all-targets` (no `--bench` argument) it runs once on a few
@@ -256,38 +265,6 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
     run
 }
 
-/// Median frames/s of `runs` runs of `launch` over `n` frames, with the
-/// stats of the last run except `cpu` and `start`, the medians of the runs.
-fn element_fps(
-    launch: &str,
-    feed: Option<&[gst::Buffer]>,
-    n: usize,
-    runs: usize,
-) -> (f64, ElementRun) {
-    let mut last = None;
-    let mut cpu = Vec::with_capacity(runs);
-    let mut start = Vec::with_capacity(runs);
-    let fps = median(
-        (0..runs)
-            .map(|_| {
-                let r = run_pipeline(launch, feed);
-                let f = n as f64 / r.secs;
-                if launch.contains("name=codec") {
-                    assert_eq!(r.frames_out, n as u64, "every frame out: {launch}");
-                }
-                cpu.push(r.cpu);
-                start.push(r.start);
-                last = Some(r);
-                f
-            })
-            .collect(),
-    );
-    let mut last = last.expect("at least one run");
-    last.cpu = median(cpu);
-    last.start = median(start);
-    (fps, last)
-}
-
 /// CPU time this thread has consumed so far, seconds
 /// (`/proc/thread-self/schedstat`).
 fn thread_cpu_secs() -> f64 {
@@ -297,30 +274,96 @@ fn thread_cpu_secs() -> f64 {
         .map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
-/// The bare codec's median frames/s over `runs` runs of `f` (`n` frames
-/// each), and its median CPU time per frame in microseconds (it runs on
-/// this thread only).
-fn bare_fps(n: usize, runs: usize, mut f: impl FnMut()) -> (f64, f64) {
-    let (fps, cpu): (Vec<f64>, Vec<f64>) = (0..runs)
-        .map(|_| {
-            let cpu0 = thread_cpu_secs();
-            let t = Instant::now();
-            f();
-            let secs = t.elapsed().as_secs_f64();
-            (n as f64 / secs, (thread_cpu_secs() - cpu0) * 1e6 / n as f64)
-        })
-        .unzip();
-    (median(fps), median(cpu))
+/// One run of the bare codec `f` over `n` frames: frames/s and CPU time
+/// per frame in microseconds (it runs on this thread only).
+fn bare_once(n: usize, f: &mut dyn FnMut()) -> (f64, f64) {
+    let cpu0 = thread_cpu_secs();
+    let t = Instant::now();
+    f();
+    let secs = t.elapsed().as_secs_f64();
+    (n as f64 / secs, (thread_cpu_secs() - cpu0) * 1e6 / n as f64)
 }
 
+/// A row's figures: `runs` pairs of one bare run and one element run, back
+/// to back, the pair's order alternating (bare first, then element first),
+/// so that a shared machine's slow drifts (other tenants, clock, cache
+/// state) weigh on both sides of a pair alike. Ratios are the medians of
+/// the pairs' ratios; frames/s and CPU times the medians of each side.
 struct Row {
     label: String,
+    /// The bare codec's frames/s.
     bare: f64,
     /// The bare codec's CPU time per frame, microseconds.
     bare_cpu: f64,
+    /// The element's frames/s.
     element: f64,
+    /// Median of the pairs' element/bare frames/s.
+    ratio: f64,
+    /// Median of the pairs' bare/element CPU time per frame.
+    cpu_ratio: f64,
+    /// The element's last run; its `cpu` and `start` are the runs' medians.
     run: ElementRun,
     note: String,
+}
+
+fn paired(
+    label: String,
+    n: usize,
+    runs: usize,
+    bare: &mut dyn FnMut(),
+    launch: &str,
+    feed: Option<&[gst::Buffer]>,
+) -> Row {
+    let (mut bare_fps, mut bare_cpu, mut elem_fps, mut elem_cpu) = (vec![], vec![], vec![], vec![]);
+    let (mut ratios, mut cpu_ratios, mut start) = (vec![], vec![], vec![]);
+    let mut last = None;
+    let element = |last: &mut Option<ElementRun>, start: &mut Vec<f64>| {
+        let r = run_pipeline(launch, feed);
+        if launch.contains("name=codec") {
+            assert_eq!(r.frames_out, n as u64, "every frame out: {launch}");
+        }
+        let figures = (n as f64 / r.secs, r.cpu * 1e6 / n as f64);
+        start.push(r.start);
+        *last = Some(r);
+        figures
+    };
+    for i in 0..runs {
+        let ((b_fps, b_cpu), (e_fps, e_cpu)) = if i % 2 == 0 {
+            let b = bare_once(n, bare);
+            (b, element(&mut last, &mut start))
+        } else {
+            let e = element(&mut last, &mut start);
+            (bare_once(n, bare), e)
+        };
+        bare_fps.push(b_fps);
+        bare_cpu.push(b_cpu);
+        elem_fps.push(e_fps);
+        elem_cpu.push(e_cpu);
+        ratios.push(e_fps / b_fps);
+        cpu_ratios.push(b_cpu / e_cpu);
+    }
+    let mut run = last.expect("at least one run");
+    run.cpu = median(elem_cpu) * n as f64 / 1e6;
+    run.start = median(start);
+    Row {
+        label,
+        bare: median(bare_fps),
+        bare_cpu: median(bare_cpu),
+        element: median(elem_fps),
+        ratio: median(ratios),
+        cpu_ratio: median(cpu_ratios),
+        run,
+        note: String::new(),
+    }
+}
+
+/// Median frames/s of `runs` runs of `launch` (no bare side), `n` frames.
+fn element_alone(launch: &str, n: usize, runs: usize) -> f64 {
+    median(
+        (0..runs)
+            .map(|_| n as f64 / run_pipeline(launch, None).secs)
+            .collect(),
+    )
 }
 
 fn print_row(r: &Row) {
@@ -330,14 +373,14 @@ fn print_row(r: &Row) {
         r.label,
         r.bare,
         r.element,
-        r.element / r.bare,
+        r.ratio,
         r.run.copies as f64 / n,
         r.run.syncs as f64 / n,
         1e6 / r.bare,
         1e6 / r.element,
         r.bare_cpu,
         r.run.cpu * 1e6 / n,
-        r.bare_cpu / (r.run.cpu * 1e6 / n),
+        r.cpu_ratio,
         r.run.vpu_us,
         r.run.start * 1e3,
         r.note
@@ -349,9 +392,8 @@ fn measure(w: u32, h: u32, n: usize, runs: usize) {
     let raw = Format::raw(PixelFormat::I420, w, h).expect("I420 layout");
     let laid: Vec<Vec<u8>> = frames.iter().map(|b| to_layout(b, &info, &raw)).collect();
 
-    // Bare encode (and the stream both decoders get).
-    let mut coded: Vec<Vec<u8>> = Vec::new();
-    let (bare_enc, bare_enc_cpu) = bare_fps(n, runs, || {
+    // Bare encode; its stream is what both decoders get.
+    let bare_encode = |coded: &mut Vec<Vec<u8>>| {
         let mut enc = FwhtEncoder::new(&raw, EncoderParams::default()).expect("encoder");
         let mut dst = vec![0u8; FwhtEncoder::max_frame_size(&raw)];
         coded.clear();
@@ -359,76 +401,73 @@ fn measure(w: u32, h: u32, n: usize, runs: usize) {
             let e = enc.encode(src, &mut dst).expect("encode");
             coded.push(dst[..e.bytes].to_vec());
         }
-    });
+    };
+    let mut coded = Vec::new();
+    bare_encode(&mut coded);
+    let mut scratch = Vec::new();
+    let mut bare_enc = || bare_encode(&mut scratch);
     // The decoder element writes GStreamer's default layout for fakesink
     // (which takes no GstVideoMeta); the bare decoder writes the same one.
     let out = default_layout(&raw, &info);
-    let (bare_dec, bare_dec_cpu) = bare_fps(n, runs, || {
+    let mut bare_dec = || {
         let mut dec = FwhtDecoder::new();
         let mut dst = vec![0u8; out.size];
         for c in &coded {
             dec.decode(c, &out, &mut dst).expect("decode");
         }
-    });
+    };
 
-    let enc_launch = format!(
-        "appsrc name=src format=time max-bytes=0 caps={} ! vpufwhtenc name=codec ! fakesink name=sink sync=false",
-        raw_caps(w, h)
-    );
     let rows = std::env::var("ELEMENTS_BENCH_ROWS").unwrap_or_else(|_| "enc,vts,dec".into());
     let want = |r: &str| rows.split(',').any(|x| x == r);
     let size = format!("{w}x{h}");
     if want("enc") {
-        let (enc_fps, enc_run) = element_fps(&enc_launch, Some(&frames), n, runs);
-        print_row(&Row {
-            label: format!("{size} enc appsrc"),
-            bare: bare_enc,
-            bare_cpu: bare_enc_cpu,
-            element: enc_fps,
-            run: enc_run,
-            note: String::new(),
-        });
+        let launch = format!(
+            "appsrc name=src format=time max-bytes=0 caps={} ! vpufwhtenc name=codec ! fakesink name=sink sync=false",
+            raw_caps(w, h)
+        );
+        let label = format!("{size} enc appsrc");
+        print_row(&paired(
+            label,
+            n,
+            runs,
+            &mut bare_enc,
+            &launch,
+            Some(&frames),
+        ));
     }
-
     if want("vts") {
-        let vts_launch = format!(
+        let launch = format!(
             "videotestsrc pattern=ball num-buffers={n} ! {} ! vpufwhtenc name=codec ! fakesink name=sink sync=false",
             raw_caps(w, h)
         );
-        let (vts_fps, vts_run) = element_fps(&vts_launch, None, n, runs);
+        let label = format!("{size} enc videotestsrc");
+        let mut row = paired(label, n, runs, &mut bare_enc, &launch, None);
         let src_launch = format!(
             "videotestsrc pattern=ball num-buffers={n} ! {} ! fakesink name=sink sync=false",
             raw_caps(w, h)
         );
-        let (src_fps, _) = element_fps(&src_launch, None, n, runs);
-
-        print_row(&Row {
-            label: format!("{size} enc videotestsrc"),
-            bare: bare_enc,
-            bare_cpu: bare_enc_cpu,
-            element: vts_fps,
-            run: vts_run,
-            note: format!("(videotestsrc ! fakesink alone: {src_fps:.1} f/s)"),
-        });
+        let src_fps = element_alone(&src_launch, n, runs);
+        row.note = format!("(videotestsrc ! fakesink alone: {src_fps:.1} f/s)");
+        print_row(&row);
     }
     if want("dec") {
         let coded_bufs: Vec<gst::Buffer> = coded
             .iter()
             .map(|c| gst::Buffer::from_slice(c.clone()))
             .collect();
-        let dec_launch = format!(
+        let launch = format!(
             "appsrc name=src format=time max-bytes=0 caps=video/x-fwht,width={w},height={h},framerate=30/1 \
              ! vpufwhtdec name=codec ! fakesink name=sink sync=false"
         );
-        let (dec_fps, dec_run) = element_fps(&dec_launch, Some(&coded_bufs), n, runs);
-        print_row(&Row {
-            label: format!("{size} dec appsrc"),
-            bare: bare_dec,
-            bare_cpu: bare_dec_cpu,
-            element: dec_fps,
-            run: dec_run,
-            note: String::new(),
-        });
+        let label = format!("{size} dec appsrc");
+        print_row(&paired(
+            label,
+            n,
+            runs,
+            &mut bare_dec,
+            &launch,
+            Some(&coded_bufs),
+        ));
     }
 }
 
@@ -442,7 +481,7 @@ fn main() {
         (64, 48, 3),
     );
     println!(
-        "FWHT I420, videotestsrc pattern=ball frames, GOP 10, QP 20/20, median of {runs} runs, frames/s"
+        "FWHT I420, videotestsrc pattern=ball frames, GOP 10, QP 20/20, {runs} pairs of runs, frames/s"
     );
     println!("load average before: {}", loadavg());
     println!(
@@ -462,13 +501,15 @@ fn main() {
         "start"
     );
     println!(
-        "  (bare/element: frames/s; ratio element/bare; bare us, elem us: wall time per frame;\n   \
+        "  (bare/element: frames/s; ratio: element/bare, per pair; bare us, elem us: wall time per frame;\n   \
          bare cpu: CPU time of the bare codec per frame (its one thread); elem cpu: CPU time\n   \
-         of the process per frame, all threads; cpu r: bare cpu / elem cpu, the ratio in CPU\n   \
+         of the process per frame, all threads; cpu r: bare cpu / elem cpu per pair, the ratio in CPU\n   \
          time, steadier than wall time on a loaded machine; vpu us: the element's\n   \
          vpu-time-per-frame-us, queue to done; start: ms from PLAYING to the first\n   \
          frame at the sink (session, negotiation, allocation: inside the run's time);\n   \
-         copies/f, syncs/f, vpu us: last run; the rest: medians)"
+         copies/f, syncs/f, vpu us: last run; the rest: medians. Each pair is one bare\n   \
+         run and one element run back to back, alternating which goes first; a ratio is\n   \
+         the median of the pairs' ratios)"
     );
     for (w, h, n) in sizes {
         measure(w, h, n, runs);
