@@ -12,11 +12,11 @@
 use std::collections::VecDeque;
 
 use super::Faults;
+use super::decode::{announce_capture_format, raw_format, set_output_format};
 use super::drain::Drain;
 use super::session::{FwQueue, QueuedBuffer, Sink};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::fwht::{self, FrameScanner, FwhtDecoder, FwhtHeader};
-use crate::vpu::protocol::{DEFAULT_CODED_SIZE, MAX_FORMATS, Response};
 
 /// Complete frames held before the core stops taking OUTPUT buffers.
 const MAX_PENDING_FRAMES: usize = 2;
@@ -98,17 +98,13 @@ impl Decoder {
     ) -> Result<(), String> {
         match queue {
             QueueKind::Output => {
-                if pixfmt != PixelFormat::Fwht {
-                    return Err(format!("decoder OUTPUT takes FWHT, not {pixfmt}"));
-                }
-                let (w, h) = if width == 0 || height == 0 {
-                    DEFAULT_CODED_SIZE
-                } else {
-                    (width, height)
-                };
-                let mut f = Format::coded(PixelFormat::Fwht, w, h);
-                f.colorimetry = colorimetry;
-                output.format = Some(f);
+                set_output_format(
+                    output,
+                    PixelFormat::Fwht,
+                    pixfmt,
+                    (width, height),
+                    colorimetry,
+                )?;
             }
             QueueKind::Capture => {
                 if pixfmt.is_coded() {
@@ -126,11 +122,8 @@ impl Decoder {
                     Some(s) => (s.width, s.height, s.colorimetry),
                     None => (width, height, colorimetry),
                 };
-                let mut f = Format::raw(pixfmt, w.max(1), h.max(1))
-                    .ok_or_else(|| format!("{pixfmt} at {w}x{h} has no raw layout"))?;
-                f.colorimetry = cm;
+                capture.format = Some(raw_format(pixfmt, (w, h), cm)?);
                 self.preferred = Some(pixfmt);
-                capture.format = Some(f);
             }
         }
         Ok(())
@@ -251,24 +244,7 @@ impl Decoder {
         match format {
             Some(mut f) => {
                 f.colorimetry = info.colorimetry;
-                let mut formats: Vec<u32> = vec![f.pixelformat.fourcc()];
-                let first = formats[0];
-                formats.extend(
-                    info.formats
-                        .iter()
-                        .map(|p| p.fourcc())
-                        .filter(|&c| c != first),
-                );
-                formats.truncate(MAX_FORMATS);
-                sink.post(Response::SourceChange {
-                    fourcc: f.pixelformat.fourcc(),
-                    width: f.width,
-                    height: f.height,
-                    colorimetry: f.colorimetry,
-                    min_buffers: 1,
-                    formats,
-                });
-                capture.format = Some(f);
+                announce_capture_format(capture, sink, f, &info.formats, 1);
                 self.stream = Some(info);
                 self.drain.await_capture();
             }

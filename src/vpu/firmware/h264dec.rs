@@ -27,12 +27,13 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::Faults;
+use super::decode::{announce_capture_format, raw_format, set_output_format};
 use super::drain::Drain;
 use super::session::{FwQueue, QueuedBuffer, Sink};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::h264::nal::{self, nal_type};
 use crate::vpu::codec::h264::{H264Decoder, Picture, Sps};
-use crate::vpu::protocol::{DEFAULT_CODED_SIZE, MAX_FORMATS, Response};
+use crate::vpu::protocol::Response;
 
 /// Raw formats the engine writes, the default first.
 pub(crate) const CAPTURE_FORMATS: [PixelFormat; 4] = [
@@ -143,17 +144,13 @@ impl H264Dec {
     ) -> Result<(), String> {
         match queue {
             QueueKind::Output => {
-                if pixfmt != PixelFormat::H264 {
-                    return Err(format!("decoder OUTPUT takes H264, not {pixfmt}"));
-                }
-                let (w, h) = if width == 0 || height == 0 {
-                    DEFAULT_CODED_SIZE
-                } else {
-                    (width, height)
-                };
-                let mut f = Format::coded(PixelFormat::H264, w, h);
-                f.colorimetry = colorimetry;
-                output.format = Some(f);
+                set_output_format(
+                    output,
+                    PixelFormat::H264,
+                    pixfmt,
+                    (width, height),
+                    colorimetry,
+                )?;
             }
             QueueKind::Capture => {
                 if !CAPTURE_FORMATS.contains(&pixfmt) {
@@ -168,11 +165,8 @@ impl H264Dec {
                     Some(s) => (s.width, s.height, s.colorimetry),
                     None => (width, height, colorimetry),
                 };
-                let mut f = Format::raw(pixfmt, w.max(1), h.max(1))
-                    .ok_or_else(|| format!("{pixfmt} at {w}x{h} has no raw layout"))?;
-                f.colorimetry = cm;
+                capture.format = Some(raw_format(pixfmt, (w, h), cm)?);
                 self.preferred = Some(pixfmt);
-                capture.format = Some(f);
             }
         }
         Ok(())
@@ -510,23 +504,8 @@ impl H264Dec {
             return;
         };
         f.colorimetry = info.colorimetry;
-        let mut formats: Vec<u32> = vec![pixfmt.fourcc()];
-        formats.extend(
-            CAPTURE_FORMATS
-                .iter()
-                .map(|p| p.fourcc())
-                .filter(|&c| c != pixfmt.fourcc()),
-        );
-        formats.truncate(MAX_FORMATS);
-        sink.post(Response::SourceChange {
-            fourcc: pixfmt.fourcc(),
-            width: f.width,
-            height: f.height,
-            colorimetry: f.colorimetry,
-            min_buffers: info.dpb_frames + CAPTURE_MARGIN,
-            formats,
-        });
-        capture.format = Some(f);
+        let min_buffers = info.dpb_frames + CAPTURE_MARGIN;
+        announce_capture_format(capture, sink, f, &CAPTURE_FORMATS, min_buffers);
         self.stream = Some(info);
         self.drain.await_capture();
     }

@@ -12,6 +12,7 @@
 //! [`Faults`] lets tests make the core hang, drop or corrupt responses, or run
 //! slowly, to prove the host survives each.
 
+mod decode;
 mod decoder;
 mod drain;
 mod encode;
