@@ -169,6 +169,41 @@ impl H264Level {
             .filter(|l| l.v4l2 != 1)
             .find(|l| l.check(width, height, fps).is_none())
     }
+
+    /// The highest video bitrate this level allows a `profile` stream, bit/s:
+    /// Table A-1's MaxBR times cpbBrVclFactor (1000 for Baseline and Main,
+    /// 1250 for High, Table A-2).
+    pub fn max_bitrate(&self, profile: H264Profile) -> u64 {
+        let factor = if profile == H264Profile::High {
+            1250
+        } else {
+            1000
+        };
+        self.max_br_kbps * factor
+    }
+
+    /// The lowest level that fits the frame size and rate and also allows a
+    /// peak video bitrate of `peak` (bit/s, in that profile), so the level
+    /// the stream announces holds its bitrate too; when no level allows
+    /// that bitrate, the lowest that fits the frame size and rate. `None`
+    /// for `peak` (no bitrate bound, constant QP): [`Self::lowest_fitting`].
+    pub fn lowest_fitting_rate(
+        width: u32,
+        height: u32,
+        fps: (u32, u32),
+        peak: Option<(u64, H264Profile)>,
+    ) -> Option<H264Level> {
+        let fits = Self::lowest_fitting(width, height, fps)?;
+        let Some((bitrate, profile)) = peak else {
+            return Some(fits);
+        };
+        Self::ALL
+            .iter()
+            .copied()
+            .filter(|l| l.v4l2 != 1 && l.v4l2 >= fits.v4l2)
+            .find(|l| l.max_bitrate(profile) >= bitrate)
+            .or(Some(fits))
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +228,37 @@ mod tests {
         assert_eq!(
             H264Level::lowest_fitting(320, 240, (30, 1)).unwrap().name,
             "1.3"
+        );
+    }
+
+    #[test]
+    fn the_automatic_level_holds_the_bitrate_too() {
+        let lowest = |w, h, peak| {
+            H264Level::lowest_fitting_rate(w, h, (30, 1), peak)
+                .unwrap()
+                .name
+        };
+        // 320x240: level 1.3 by size, whose 768 kbit/s a 4 Mbit/s peak exceeds.
+        assert_eq!(lowest(320, 240, None), "1.3");
+        assert_eq!(lowest(320, 240, Some((700_000, H264Profile::Main))), "1.3");
+        assert_eq!(lowest(320, 240, Some((4_096_000, H264Profile::Main))), "3");
+        // High allows 1.25x: 2.1's 4000 kbit/s becomes 5000.
+        assert_eq!(
+            lowest(320, 240, Some((4_096_000, H264Profile::High))),
+            "2.1"
+        );
+        assert_eq!(
+            lowest(1920, 1080, Some((8_000_000, H264Profile::Main))),
+            "4"
+        );
+        assert_eq!(
+            lowest(1920, 1080, Some((30_000_000, H264Profile::Main))),
+            "4.1"
+        );
+        // Beyond every level's bitrate: the size decides, x264 warns.
+        assert_eq!(
+            lowest(1920, 1080, Some((900_000_000, H264Profile::Main))),
+            "4"
         );
     }
 

@@ -1,7 +1,7 @@
 //! The only raw-syscall code in the crate: memfd, mmap, eventfd,
 //! `DMA_BUF_IOCTL_SYNC`, udmabuf and dma-heap, and the union reads and
-//! `poll(2)` of the kernel V4L2 backend (its ioctls are v4l2r's). Safe RAII
-//! types out.
+//! `poll(2)` of the kernel V4L2 backend (its ioctls are v4l2r's), and
+//! FFmpeg's log callback. Safe RAII types out.
 //!
 //! # Contract
 //!
@@ -44,6 +44,7 @@
 //! the reverse is not offered, so slices and shared accessors never coexist.
 #![allow(unsafe_code)]
 
+mod avlog;
 mod backend;
 mod dmabuf;
 mod eventfd;
@@ -51,6 +52,7 @@ mod mapping;
 mod memfd;
 mod v4l2;
 
+pub use avlog::{AvLogSink, route_av_log};
 pub use backend::{BACKEND_ENV, DmaBackend, UnknownBackend};
 pub use dmabuf::{
     DmaBufSync, SyncAccess, dma_buf_sync, dma_heap_alloc, is_dma_buf, udmabuf_from_memfd,

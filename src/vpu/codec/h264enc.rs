@@ -223,12 +223,14 @@ impl fmt::Debug for H264Encoder {
     }
 }
 
-fn init() {
-    static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| {
-        // x264 prints its banner and statistics at INFO: keep stderr quiet.
-        ff::log::set_level(ff::log::Level::Error);
-    });
+/// The peak video bitrate the rate control lets the stream reach, bit/s
+/// (the VBV maximum rate it gives x264); none under constant QP.
+fn peak_bitrate(p: &H264Params) -> Option<u64> {
+    match p.mode {
+        BitrateMode::Vbr => Some(vbr_peak(p.bitrate) as u64),
+        BitrateMode::Cbr => Some(u64::from(p.bitrate)),
+        BitrateMode::ConstantQp => None,
+    }
 }
 
 /// The VBV peak rate of VBR: twice the average.
@@ -241,7 +243,7 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 fn open(raw: &Format, p: &H264Params) -> Result<ff::encoder::Video, H264Error> {
-    init();
+    super::avlog::init();
     let codec = ff::encoder::find_by_name("libx264").ok_or(H264Error::NoX264)?;
     let ctx = ff::codec::context::Context::new_with_codec(codec);
     let mut enc = ctx.encoder().video().map_err(lib("setup"))?;
@@ -276,7 +278,13 @@ fn open(raw: &Format, p: &H264Params) -> Result<ff::encoder::Video, H264Error> {
     );
     let level = match p.level {
         Some(l) => l,
-        None => H264Level::lowest_fitting(raw.width, raw.height, p.framerate).ok_or_else(|| {
+        None => H264Level::lowest_fitting_rate(
+            raw.width,
+            raw.height,
+            p.framerate,
+            peak_bitrate(p).map(|b| (b, p.profile)),
+        )
+        .ok_or_else(|| {
             H264Error::Level(format!(
                 "{}x{} at {}/{} fps exceeds every H.264 level up to 5.2",
                 raw.width, raw.height, p.framerate.0, p.framerate.1

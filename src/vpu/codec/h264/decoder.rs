@@ -65,6 +65,7 @@ pub struct H264Decoder {
 impl H264Decoder {
     /// Opens a decoder with `threads` frame threads (1: none).
     pub fn new(threads: usize) -> Result<H264Decoder, H264Error> {
+        crate::vpu::codec::avlog::init();
         let codec = ff::decoder::find(ff::codec::Id::H264).ok_or(H264Error::NoDecoder)?;
         let mut ctx = ff::codec::context::Context::new_with_codec(codec);
         ctx.set_threading(ff::threading::Config {
