@@ -361,6 +361,11 @@ impl Engine {
         lock(&self.inner).starvation_waits
     }
 
+    /// CAPTURE buffers of the current allocation (growth included).
+    pub(super) fn capture_buffers(&self) -> u32 {
+        lock(&self.capture).count
+    }
+
     /// CAPTURE buffers added since start because downstream held every frame.
     pub(super) fn pool_grown(&self) -> u64 {
         lock(&self.inner).grown

@@ -866,13 +866,14 @@ impl VpuDec {
 
     fn stats_structure(&self) -> gst::Structure {
         let stats = lock(&self.stats).clone();
-        let (checker, starvation, grown) = match lock(&self.state).as_ref() {
+        let (checker, starvation, grown, capture_buffers) = match lock(&self.state).as_ref() {
             Some(s) => (
                 s.checker.clone(),
                 s.engine.starvation_waits(),
                 s.engine.pool_grown(),
+                s.engine.capture_buffers(),
             ),
-            None => (None, 0, 0),
+            None => (None, 0, 0, 0),
         };
         let (syncs, violations) = checker
             .map(|c| {
@@ -898,6 +899,7 @@ impl VpuDec {
             .field("coherency-violations", violations)
             .field("starvation-waits", starvation)
             .field("pool-grown", grown)
+            .field("capture-buffers", u64::from(capture_buffers))
             .field("vpu-time-per-frame-us", per_frame)
             .build()
     }
@@ -960,7 +962,9 @@ impl ObjectImpl for VpuDec {
                          cache-syncs and coherency-violations (from the VPU's coherency \
                          checker, VPU-wide), starvation-waits (waits while downstream held every \
                          decoded frame buffer), pool-grown (frame buffers added because \
-                         downstream held all of them), vpu-time-per-frame-us (mean microseconds from \
+                         downstream held all of them), capture-buffers (frame buffers of the current \
+                         allocation, growth included; each has one GstBuffer that downstream gets \
+                         every time it holds a new frame), vpu-time-per-frame-us (mean microseconds from \
                          queueing a frame to the VPU until it is decoded)",
                     )
                     .read_only()
