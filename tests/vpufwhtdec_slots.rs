@@ -5,8 +5,8 @@
 //!
 //! * over more frames than CAPTURE buffers, each region is always the same
 //!   memory in the same buffer, the pictures are still exactly the bare
-//!   codec's, and what downstream added to a buffer (a flag, a meta, an
-//!   offset) is gone when the buffer comes back;
+//!   codec's, and what downstream did to a buffer (a flag, a meta, an
+//!   offset, a new size) is undone when the buffer comes back;
 //! * a downstream that keeps our memory alive beyond the buffer (a shallow
 //!   copy) never sees it overwritten: the slot waits for that memory, and
 //!   every VPU region is still freed at NULL.
@@ -52,6 +52,9 @@ struct Seen {
     buffer: usize,
     memory: usize,
     region: usize,
+    /// The buffer's size and the region's.
+    size: usize,
+    region_size: usize,
     /// Left on it by downstream at an earlier use of the buffer.
     marker: bool,
     reference_meta: bool,
@@ -115,11 +118,13 @@ fn each_capture_slot_sends_the_same_buffer_and_nothing_downstream_added_comes_ba
             let bare =
                 bare.get_or_insert_with(|| bare_decode(&stream, pixel_format(vinfo.format())));
             let mem = buffer.peek_memory(0);
-            let region = gstrsvpu::allocator::region(mem).map_or(0, |r| Arc::as_ptr(&r) as usize);
+            let region = gstrsvpu::allocator::region(mem);
             seen.push(Seen {
                 buffer: buffer.as_ptr() as usize,
                 memory: mem.as_ptr() as usize,
-                region,
+                region: region.as_ref().map_or(0, |r| Arc::as_ptr(r) as usize),
+                size: buffer.size(),
+                region_size: region.as_ref().map_or(0, |r| r.size()),
                 marker: buffer.flags().contains(gst::BufferFlags::MARKER),
                 reference_meta: buffer.meta::<gst::meta::ReferenceTimestampMeta>().is_some(),
                 offset_end: buffer.offset_end(),
@@ -133,6 +138,8 @@ fn each_capture_slot_sends_the_same_buffer_and_nothing_downstream_added_comes_ba
                 let b = buffer.make_mut();
                 b.set_flags(gst::BufferFlags::MARKER);
                 b.set_offset_end(12345);
+                let half = b.size() / 2;
+                b.set_size(half);
                 gst::meta::ReferenceTimestampMeta::add(
                     b,
                     &gst::Caps::new_empty_simple("timestamp/x-test"),
@@ -164,6 +171,7 @@ fn each_capture_slot_sends_the_same_buffer_and_nothing_downstream_added_comes_ba
             "frame {i}: what downstream added to the buffer before is gone: {s:?}"
         );
         assert_eq!(s.video_metas, 1, "frame {i}: one GstVideoMeta: {s:?}");
+        assert_eq!(s.size, s.region_size, "frame {i}: the whole region: {s:?}");
         assert!(s.pts.is_some(), "frame {i}: a timestamp of its own");
     }
     let pts: Vec<_> = seen.iter().map(|s| s.pts).collect();

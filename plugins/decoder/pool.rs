@@ -18,11 +18,12 @@
 //!
 //! - **Release**: a GstBuffer's last unref returns it to the pool it was
 //!   acquired from (`buffer->pool`, set only by `gst_buffer_pool_acquire_buffer`),
-//!   after the pool's `reset_buffer`. The default `reset_buffer` is kept: it
-//!   clears flags, timestamps and offsets and removes every meta that was not
-//!   on the buffer when the pool made it, so nothing downstream added leaks
-//!   into the next frame; the slot's own GstVideoMeta (marked pooled when the
-//!   buffer was made) stays. `release_buffer` is overridden: instead of the
+//!   after the pool's `reset_buffer`. The base class's `reset_buffer` does
+//!   the work: it clears flags, timestamps and offsets and removes every meta
+//!   that was not on the buffer when the pool made it, so nothing downstream
+//!   added leaks into the next frame; the slot's own GstVideoMeta (marked
+//!   pooled when the buffer was made) stays. Ours only gives the buffer its
+//!   whole memory back (downstream may have resized it). `release_buffer` is overridden: instead of the
 //!   base class's free list, the buffer waits in its slot and the slot goes
 //!   back to the VPU queue, as GstV4l2BufferPool queues a capture buffer in
 //!   its `release_buffer`.
@@ -336,6 +337,20 @@ mod imp {
                 self.slots().error = Some(e);
                 gst::FlowError::Error
             })
+        }
+
+        fn reset_buffer(&self, buffer: &mut gst::BufferRef) {
+            // Flags, timestamps, offsets and metas downstream added go; the
+            // base class also sizes an intact buffer to the configured size,
+            // while a slot's buffer spans its whole memory (the region may be
+            // larger than a frame), as when it was made.
+            self.parent_reset_buffer(buffer);
+            if !buffer.flags().contains(gst::BufferFlags::TAG_MEMORY) && buffer.n_memory() == 1 {
+                let full = buffer.peek_memory(0).maxsize();
+                if buffer.size() != full {
+                    buffer.set_size(full);
+                }
+            }
         }
 
         fn release_buffer(&self, buffer: gst::Buffer) {
