@@ -2,7 +2,8 @@
 //! device=/dev/video1 ! kmssink driver-name=vkms` in the VM, every frame
 //! PRIME-imported by kmssink (its own debug log says so; the preroll frame
 //! is not shown twice, `show-preroll-frame=false`), no copy in the
-//! decoder (its stats say so).
+//! decoder (its stats say so), and at most one new framebuffer per CAPTURE
+//! buffer (each is one persistent GstMemory, on which kmssink caches it).
 //!
 //! ```sh
 //! cargo test --test kernel_display --no-run
@@ -72,6 +73,17 @@ fn every_decoded_frame_is_prime_imported_by_kmssink() {
     assert_eq!(rendered, N, "every frame reached the display");
     assert_eq!(dmabuf, N, "every frame is the driver's exported dma-buf");
     assert_eq!(imported, N, "kmssink imported every frame, copied none");
+    // Each CAPTURE slot is one persistent GstMemory: one new framebuffer
+    // per CAPTURE buffer at most, then kmssink's cache.
+    let capture_buffers = stats.get::<u64>("capture-buffers").unwrap();
+    assert!(
+        new_fbs as u64 <= capture_buffers,
+        "{new_fbs} new framebuffers for {capture_buffers} CAPTURE buffers"
+    );
+    assert!(
+        (new_fbs as u64) < N,
+        "kmssink reused a framebuffer: {new_fbs} new for {N} frames"
+    );
     assert_eq!(stats.get::<u64>("frames-out").unwrap(), N, "{stats}");
     assert_eq!(stats.get::<u64>("frame-copies").unwrap(), 0, "{stats}");
     assert_eq!(

@@ -6,7 +6,8 @@
 //!   into a dumb buffer (counted from kmssink's debug log: `Found a dmabuf`
 //!   per frame, new imports `found these prime ids`, cache hits `found KMS
 //!   mem`, and its `performance` category's `frame copy`), and the decoder's
-//!   `frame-copies` is 0;
+//!   `frame-copies` is 0; each CAPTURE buffer is one persistent GstMemory, so
+//!   kmssink imports it at most once and hits its cache afterwards;
 //! * `vpufwhtdec device=emu ! vpufwhtenc device=emu`: the encoder queues the
 //!   decoder's dma-buf frames as they are (`imported-frames` = every frame,
 //!   `frame-copies` 0). This one also runs on the host, with fd memory;
@@ -164,6 +165,17 @@ fn emulated_decoder_frames_reach_kmssink_by_prime_import_without_copies() {
             "{kms:?}"
         );
         assert!(kms.prime_imports >= 1, "{kms:?}");
+        // Each CAPTURE slot is one persistent GstMemory: kmssink imports it
+        // once and finds its framebuffer cached on the memory afterwards.
+        let capture_buffers = dec.get::<u64>("capture-buffers").unwrap();
+        assert!(
+            kms.prime_imports as u64 <= capture_buffers,
+            "{w}x{h}: at most one import per CAPTURE buffer ({capture_buffers}): {kms:?}"
+        );
+        assert!(
+            kms.cached_imports > 0,
+            "{w}x{h}: kmssink reused an import: {kms:?}"
+        );
     }
 }
 

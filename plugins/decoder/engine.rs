@@ -16,15 +16,17 @@
 //!   the capture thread must never call into the base class: it would block
 //!   on that lock while the streaming thread waits for an OUTPUT buffer that
 //!   only the capture thread can hand back.
-//! - **Release callbacks** (run when downstream frees a frame's memory)
-//!   re-queue the CAPTURE buffer with [`Engine::requeue_capture`]. They hold
-//!   the engine weakly: after stop, a released frame has nowhere to go.
+//! - **The CAPTURE pool** (`pool.rs`: one persistent GstBuffer per CAPTURE
+//!   buffer) re-queues a CAPTURE buffer with [`Engine::requeue_capture`]
+//!   when downstream drops its GstBuffer (or, if downstream kept the memory
+//!   beyond it, when the memory is freed). It holds the engine weakly: after
+//!   stop, a released frame has nowhere to go.
 //!
 //! # Generations
 //!
-//! Every CAPTURE allocation gets a new generation number; a release callback
-//! carries the generation its buffer came from and re-queues only if that
-//! allocation still streams. `capture` (the generation lock) is held across
+//! Every CAPTURE allocation gets a new generation number (and its own pool);
+//! a release carries the generation its buffer came from and re-queues only
+//! if that allocation still streams. `capture` (the generation lock) is held across
 //! every CAPTURE queue operation and across stream-off/on, so a release can
 //! never slip a buffer into a queue that is being flushed, reallocated or
 //! stopped. Lock order: `capture` before `inner`; neither is held while
@@ -359,6 +361,11 @@ impl Engine {
 
     pub(super) fn starvation_waits(&self) -> u64 {
         lock(&self.inner).starvation_waits
+    }
+
+    /// CAPTURE buffers of the current allocation (growth included).
+    pub(super) fn capture_buffers(&self) -> u32 {
+        lock(&self.capture).count
     }
 
     /// CAPTURE buffers added since start because downstream held every frame.

@@ -51,7 +51,7 @@ use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 
 use super::engine::{DrainState, Engine, Fatal, Ready};
-use crate::allocator::{VpuAllocator, VpuDmaBufAllocator};
+use super::pool::CapturePool;
 use crate::common::device::{self, DeviceChoice};
 use crate::common::formats::{self, MetaLayout};
 use crate::m2m::{Buffer, BufferFlags, Format, Role, SourceChange};
@@ -132,30 +132,6 @@ struct Settings {
     capture_io_mode: CaptureIoMode,
 }
 
-/// A decoded frame pushed as plain memory (`capture-io-mode=mmap`): a view
-/// of the CAPTURE buffer through a mapping of its fd (the same pages, no
-/// copy). Dropping it (downstream freed the frame) gives the buffer back to
-/// the VPU.
-struct PlainFrame {
-    mapping: Arc<crate::sys::Mapping>,
-    len: usize,
-    release: Option<Box<dyn FnOnce() + Send>>,
-}
-
-impl AsRef<[u8]> for PlainFrame {
-    fn as_ref(&self) -> &[u8] {
-        &self.mapping.as_slice()[..self.len]
-    }
-}
-
-impl Drop for PlainFrame {
-    fn drop(&mut self) {
-        if let Some(release) = self.release.take() {
-            release();
-        }
-    }
-}
-
 /// Counters behind the `stats` property.
 #[derive(Debug, Default, Clone)]
 struct Stats {
@@ -172,7 +148,6 @@ struct Stats {
 /// How decoded frames leave the element (known after a source change).
 struct Output {
     generation: u64,
-    layout: MetaLayout,
     /// Set when downstream lacks GstVideoMeta, the VPU's layout is not
     /// GStreamer's default for the caps and the VPU cannot write that one
     /// (`Session::set_layout`, e.g. a kernel node): frames must be copied.
@@ -182,9 +157,19 @@ struct Output {
     /// `memory:DMABuf` caps were negotiated: every frame must be a
     /// GstDmaBufMemory.
     dmabuf: bool,
-    /// `capture-io-mode=mmap`: frames go out as plain memory over these
-    /// mappings of the CAPTURE buffers, by buffer index (made at first use).
-    plain: Option<Mutex<HashMap<u32, Arc<crate::sys::Mapping>>>>,
+    /// `capture-io-mode=mmap`: frames go out as plain memory (synced for
+    /// the CPU before the push).
+    plain: bool,
+    /// The GstBuffers of this allocation's CAPTURE slots (see `pool.rs`).
+    pool: CapturePool,
+}
+
+impl Drop for Output {
+    /// The allocation's frames are done with: the pool frees the buffers of
+    /// the slots the VPU holds (whether it streams on or was stopped).
+    fn drop(&mut self) {
+        self.pool.retire();
+    }
 }
 
 struct State {
@@ -464,16 +449,35 @@ impl VpuDec {
             imp = self,
             "{count} CAPTURE buffers ({coherency:?}), generation {generation}"
         );
-        if let Some(s) = lock(&self.state).as_mut() {
-            s.output = Some(Arc::new(Output {
+        let caps = obj.output_state().and_then(|s| s.caps_owned());
+        let pool = CapturePool::new(
+            engine,
+            generation,
+            layout,
+            io_mode == CaptureIoMode::Mmap,
+            caps.as_ref(),
+            format.size,
+        )
+        .map_err(|e| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Failed,
+                ["Setting up the CAPTURE buffer pool: {e}"]
+            );
+            gst::FlowError::Error
+        })?;
+        let replaced = lock(&self.state).as_mut().and_then(|s| {
+            s.output.replace(Arc::new(Output {
                 generation,
-                layout,
                 copy_to,
                 info,
                 dmabuf,
-                plain: (io_mode == CaptureIoMode::Mmap).then(Mutex::default),
-            }));
-        }
+                plain: io_mode == CaptureIoMode::Mmap,
+                pool,
+            }))
+        });
+        // Outside the state lock: retiring the old pool frees buffers.
+        drop(replaced);
         Ok(())
     }
 
@@ -654,7 +658,7 @@ impl VpuDec {
             engine.requeue_capture(output.generation, b.index, b.region);
             return Ok(());
         };
-        let buffer = self.wrap(engine, &output, b)?;
+        let buffer = self.wrap(&output, b)?;
         let buffer = match &output.copy_to {
             None => buffer,
             Some(dst_info) => self.copy_frame(&output.info, dst_info, buffer)?,
@@ -665,32 +669,16 @@ impl VpuDec {
         Ok(())
     }
 
-    /// The CAPTURE buffer as a GstBuffer over the VPU's memory (no copy),
-    /// re-queued to the VPU when downstream frees it.
-    fn wrap(
-        &self,
-        engine: &Arc<Engine>,
-        output: &Output,
-        b: Buffer,
-    ) -> Result<gst::Buffer, gst::FlowError> {
-        // Weak: a frame downstream keeps its region (the memory holds it),
-        // not the session. Once the element stops, the engine and its
-        // session go at once, and the VPU unmaps every buffer (as a V4L2
-        // driver orphans exported buffers at REQBUFS(0)) even while a sink
-        // still holds its last frame.
-        let release = {
-            let engine = Arc::downgrade(engine);
-            let region = Arc::clone(&b.region);
-            let (generation, index) = (output.generation, b.index);
-            Box::new(move || {
-                if let Some(engine) = engine.upgrade() {
-                    engine.requeue_capture(generation, index, region);
-                }
-            })
-        };
-        if let Some(mappings) = &output.plain {
-            return self.wrap_plain(mappings, output, b, release);
-        }
+    /// The CAPTURE buffer as its slot's GstBuffer over the VPU's memory (no
+    /// copy, the same buffer each time the slot is decoded into), queued to
+    /// the VPU again when downstream frees it (see `pool.rs`).
+    ///
+    /// The pool holds the engine weakly: a frame downstream keeps its region
+    /// (the memory holds it), not the session. Once the element stops, the
+    /// engine and its session go at once, and the VPU unmaps every buffer
+    /// (as a V4L2 driver orphans exported buffers at REQBUFS(0)) even while a
+    /// sink still holds its last frame.
+    fn wrap(&self, output: &Output, b: Buffer) -> Result<gst::Buffer, gst::FlowError> {
         if output.dmabuf && b.region.kind() != MemoryKind::DmaBuf {
             gst::element_imp_error!(
                 self,
@@ -702,92 +690,32 @@ impl VpuDec {
             );
             return Err(gst::FlowError::NotNegotiated);
         }
-        let mem = match b.region.kind() {
-            MemoryKind::Memfd => {
-                VpuAllocator::default().wrap_with_release(Arc::clone(&b.region), release)
-            }
-            MemoryKind::DmaBuf => {
-                VpuDmaBufAllocator::default().wrap_with_release(Arc::clone(&b.region), release)
-            }
-        }
-        .map_err(|e| {
-            gst::element_imp_error!(
-                self,
-                gst::ResourceError::Failed,
-                ["Wrapping a CAPTURE buffer: {e}"]
-            );
-            gst::FlowError::Error
-        })?;
-        let mut buffer = gst::Buffer::new();
-        {
-            let buf = buffer.get_mut().ok_or(gst::FlowError::Error)?;
-            buf.append_memory(mem);
-            output.layout.add_to(buf).map_err(|e| {
-                gst::element_imp_error!(
-                    self,
-                    gst::ResourceError::Failed,
-                    ["Adding the video meta: {e}"]
-                );
-                gst::FlowError::Error
-            })?;
-        }
-        Ok(buffer)
-    }
-
-    /// `capture-io-mode=mmap`: the CAPTURE buffer as plain (non-fd) memory
-    /// over a mapping of its fd, synced for the CPU first (plain memory has
-    /// no map hook for the lazy sync of our allocators); `release` runs when
-    /// downstream frees it.
-    fn wrap_plain(
-        &self,
-        mappings: &Mutex<HashMap<u32, Arc<crate::sys::Mapping>>>,
-        output: &Output,
-        b: Buffer,
-        release: Box<dyn FnOnce() + Send>,
-    ) -> Result<gst::Buffer, gst::FlowError> {
-        let fail = |what: String| {
-            gst::element_imp_error!(
-                self,
-                gst::ResourceError::Failed,
-                ["CAPTURE buffer {} as mapped memory: {what}", b.index]
-            );
-            gst::FlowError::Error
-        };
         let region = &b.region;
-        if region.coherency() == Coherency::Cacheable && region.owner() == crate::mem::Owner::Device
+        // Plain memory has no map hook for the lazy sync of our allocators:
+        // `capture-io-mode=mmap` syncs for the CPU before the push.
+        if output.plain
+            && region.coherency() == Coherency::Cacheable
+            && region.owner() == crate::mem::Owner::Device
+            && let Err(e) = region.sync_for_cpu()
         {
-            region
-                .sync_for_cpu()
-                .map_err(|e| fail(format!("cache sync for the CPU: {e}")))?;
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Failed,
+                [
+                    "CAPTURE buffer {} as mapped memory: cache sync for the CPU: {e}",
+                    b.index
+                ]
+            );
+            return Err(gst::FlowError::Error);
         }
-        let mapping = {
-            let mut maps = lock(mappings);
-            match maps.get(&b.index) {
-                Some(m) if m.len() >= region.size() => Arc::clone(m),
-                _ => {
-                    let m = crate::sys::Mapping::map(region.fd(), region.size())
-                        .map(Arc::new)
-                        .map_err(|e| fail(format!("mmap of {}: {e}", region.name())))?;
-                    maps.insert(b.index, Arc::clone(&m));
-                    m
-                }
-            }
-        };
-        let mem = gst::Memory::from_slice(PlainFrame {
-            mapping,
-            len: region.size(),
-            release: Some(release),
-        });
-        let mut buffer = gst::Buffer::new();
-        {
-            let buf = buffer.get_mut().ok_or(gst::FlowError::Error)?;
-            buf.append_memory(mem);
-            output
-                .layout
-                .add_to(buf)
-                .map_err(|e| fail(format!("adding the video meta: {e}")))?;
-        }
-        Ok(buffer)
+        output.pool.frame(b.index, region).map_err(|e| {
+            gst::element_imp_error!(
+                self,
+                gst::ResourceError::Failed,
+                ["CAPTURE buffer {} as a GstBuffer: {e}", b.index]
+            );
+            gst::FlowError::Error
+        })
     }
 
     /// Copies a frame into GStreamer's default layout, for a downstream that
@@ -938,13 +866,14 @@ impl VpuDec {
 
     fn stats_structure(&self) -> gst::Structure {
         let stats = lock(&self.stats).clone();
-        let (checker, starvation, grown) = match lock(&self.state).as_ref() {
+        let (checker, starvation, grown, capture_buffers) = match lock(&self.state).as_ref() {
             Some(s) => (
                 s.checker.clone(),
                 s.engine.starvation_waits(),
                 s.engine.pool_grown(),
+                s.engine.capture_buffers(),
             ),
-            None => (None, 0, 0),
+            None => (None, 0, 0, 0),
         };
         let (syncs, violations) = checker
             .map(|c| {
@@ -970,6 +899,7 @@ impl VpuDec {
             .field("coherency-violations", violations)
             .field("starvation-waits", starvation)
             .field("pool-grown", grown)
+            .field("capture-buffers", u64::from(capture_buffers))
             .field("vpu-time-per-frame-us", per_frame)
             .build()
     }
@@ -1032,7 +962,9 @@ impl ObjectImpl for VpuDec {
                          cache-syncs and coherency-violations (from the VPU's coherency \
                          checker, VPU-wide), starvation-waits (waits while downstream held every \
                          decoded frame buffer), pool-grown (frame buffers added because \
-                         downstream held all of them), vpu-time-per-frame-us (mean microseconds from \
+                         downstream held all of them), capture-buffers (frame buffers of the current \
+                         allocation, growth included; each has one GstBuffer that downstream gets \
+                         every time it holds a new frame), vpu-time-per-frame-us (mean microseconds from \
                          queueing a frame to the VPU until it is decoded)",
                     )
                     .read_only()

@@ -10,6 +10,7 @@
 
 mod engine;
 mod imp;
+mod pool;
 
 use std::sync::{LazyLock, Mutex, PoisonError};
 
