@@ -306,8 +306,11 @@ impl EmuSession {
                     min_capture_buffers: st.min_capture,
                 })))
             }
-            // Acks are taken by `command`; errors never reach the queue.
-            Response::Ack { .. } | Response::SessionError { .. } => Ok(None),
+            // Acks and minimum counts are taken by `dispatch`; errors never
+            // reach the queue.
+            Response::Ack { .. }
+            | Response::SessionError { .. }
+            | Response::MinOutputBuffers { .. } => Ok(None),
         }
     }
 
@@ -649,6 +652,7 @@ impl Session for EmuSession {
             Control::MaxQp(v) => (ctrl::MAX_QP, v),
             Control::H264Profile(p) => (ctrl::H264_PROFILE, p as u32),
             Control::H264Level(l) => (ctrl::H264_LEVEL, l.map_or(ctrl::LEVEL_AUTO, |l| l.v4l2)),
+            Control::LowLatency(on) => (ctrl::LOW_LATENCY, u32::from(on)),
             Control::FrameRate { num, den } => {
                 if num == 0 || den == 0 {
                     return Err(M2mError::InvalidControl {
@@ -669,6 +673,7 @@ impl Session for EmuSession {
     fn min_buffers(&self, queue: QueueKind) -> u32 {
         match (self.role, queue) {
             (Role::Decoder, QueueKind::Capture) => lock(&self.state).min_capture,
+            (Role::Encoder, QueueKind::Output) => lock(&self.mailbox.inbox).min_output,
             _ => 1,
         }
     }
