@@ -41,6 +41,7 @@
 //!   them at the latest on [`H264Encoder::flush`]). One slice per frame, and
 //!   about 25% more frames per CPU second on the 2-core build machine
 //!   (`benches/h264enc.rs`).
+//!
 //! x264 repeats SPS and PPS in front of every IDR (no global header) and
 //! writes Annex-B start codes. Changing a parameter while encoding reopens
 //! the encoder, so the next frame is an IDR (see [`H264Encoder::set_params`]).
