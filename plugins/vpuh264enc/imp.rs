@@ -323,9 +323,9 @@ impl Codec for H264 {
                      when the next frame arrives (one frame of latency, like a \
                      hardware encoder; x264 tune=zerolatency, sliced threads); \
                      false: throughput, the VPU codes several frames at once and \
-                     holds as many back (x264 frame threads, as x264enc's default: \
-                     about 25% more frames per CPU second; latency 1 + held \
-                     frames, 4 on 2 CPUs, reported to the pipeline). Every frame \
+                     holds as many back (x264 frame threads, as x264enc's default; \
+                     latency 1 + the held frames, 4 on 2 CPUs, reported to the \
+                     pipeline). Every frame \
                      still comes out, in order, at EOS and before a parameter \
                      change. A kernel V4L2 node has no such control: there false \
                      is ignored with a warning. Read when the caps are set",

@@ -38,9 +38,9 @@
 //! * throughput: frame threads, as `x264enc`'s default: several frames are
 //!   coded at once, each by its own thread, so the codec holds frames back
 //!   ([`H264Encoder::max_delayed_frames`]) and they come out later (all of
-//!   them at the latest on [`H264Encoder::flush`]). One slice per frame, and
-//!   about 25% more frames per CPU second on the 2-core build machine
-//!   (`benches/h264enc.rs`).
+//!   them at the latest on [`H264Encoder::flush`]). One slice per frame. It
+//!   pays where sliced threads leave cores idle; on a CPU-saturated machine
+//!   it gains nothing (figures in the README, `benches/h264enc.rs`).
 //!
 //! x264 repeats SPS and PPS in front of every IDR (no global header) and
 //! writes Annex-B start codes. Changing a parameter while encoding reopens
