@@ -912,6 +912,28 @@ mod tests {
         }
     }
 
+    /// The firmware's minimum OUTPUT count is untrusted: kept within 1..=32.
+    #[test]
+    fn min_output_buffers_from_the_firmware_are_bounded() {
+        let vpu = EmuVpu::new(EmuConfig {
+            backend: DmaBackend::Memfd,
+            ..EmuConfig::default()
+        })
+        .unwrap();
+        let s = vpu.open_session(Role::Encoder, PixelFormat::H264).unwrap();
+        assert_eq!(s.min_buffers(QueueKind::Output), 1);
+        for (count, want) in [(4, 4), (0, 1), (1_000_000, 32)] {
+            inject(&s, Response::MinOutputBuffers { count });
+            assert_eq!(
+                s.min_buffers(QueueKind::Output),
+                want,
+                "firmware said {count}"
+            );
+        }
+        // Not an event: nothing waits in the queue.
+        assert!(s.wait_event(Duration::ZERO).unwrap().is_none());
+    }
+
     #[test]
     fn buffer_index_beyond_the_queue_is_refused() {
         let (_vpu, s) = session();
