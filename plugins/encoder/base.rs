@@ -164,6 +164,23 @@ pub(crate) fn resolve_output_io(mode: OutputIoMode, kernel: bool, backend: DmaBa
     }
 }
 
+/// Takes the controls V4L2 does not have out of a kernel node's setup:
+/// [`Control::LowLatency`] (the node codes as its driver does, and its
+/// latency is what it says in `min_buffers(OUTPUT)`). True when one of them
+/// asked for something else than a node does anyway (`LowLatency(false)`),
+/// which deserves a warning.
+fn drop_controls_v4l2_lacks(controls: &mut Vec<Control>) -> bool {
+    let mut ignored = false;
+    controls.retain(|c| match *c {
+        Control::LowLatency(on) => {
+            ignored |= !on;
+            false
+        }
+        _ => true,
+    });
+    ignored
+}
+
 #[derive(Debug, Clone, Default)]
 struct Settings<S> {
     codec: S,
@@ -1032,25 +1049,14 @@ impl<C: Codec> EncoderBase<C> {
             Control::FrameRate { num: 30, den: 1 }
         });
         controls.extend(negotiated);
-        if kernel {
-            // V4L2 has no low-latency control: the node codes as its driver
-            // does, and its latency is what it says in min_buffers(OUTPUT).
-            controls.retain(|c| match *c {
-                Control::LowLatency(on) => {
-                    if !on {
-                        let device = lock(&self.settings).device.clone();
-                        gst::element_warning!(
-                            enc,
-                            gst::LibraryError::Settings,
-                            ("low-latency=false is ignored: {device} is a kernel V4L2 \
-                                 node, and V4L2 has no control for a throughput mode; it \
-                                 codes as its driver does")
-                        );
-                    }
-                    false
-                }
-                _ => true,
-            });
+        if kernel && drop_controls_v4l2_lacks(&mut controls) {
+            let device = lock(&self.settings).device.clone();
+            gst::element_warning!(
+                enc,
+                gst::LibraryError::Settings,
+                ("low-latency=false is ignored: {device} is a kernel V4L2 node, and \
+                  V4L2 has no control for a throughput mode; it codes as its driver does")
+            );
         }
         let engine = Engine::start(
             session,
@@ -1295,6 +1301,26 @@ pub(crate) use encoder_element;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_node_gets_no_low_latency_control() {
+        let mut c = vec![
+            Control::Bitrate(1000),
+            Control::LowLatency(true),
+            Control::GopSize(5),
+        ];
+        assert!(
+            !drop_controls_v4l2_lacks(&mut c),
+            "true: nothing to warn of"
+        );
+        assert_eq!(c, vec![Control::Bitrate(1000), Control::GopSize(5)]);
+        let mut c = vec![Control::LowLatency(false), Control::GopSize(5)];
+        assert!(
+            drop_controls_v4l2_lacks(&mut c),
+            "false is ignored: a warning"
+        );
+        assert_eq!(c, vec![Control::GopSize(5)]);
+    }
 
     #[test]
     fn output_io_mode_resolves_per_vpu_and_memory() {
