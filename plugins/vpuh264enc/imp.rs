@@ -15,10 +15,14 @@
 //! one unit out (x264 `tune=zerolatency`, sliced threads) and a throughput
 //! mode (`false`: x264 frame threads, as `x264enc`'s default), in which the
 //! codec holds a few frames and codes them in parallel. A bool named as the
-//! other GStreamer encoders name theirs (`qsvh264enc`, `mfh264enc`
-//! `low-latency`; `nvh264enc` calls it `zerolatency`), rather than x264enc's
-//! `tune` flags or thread counts: on a VPU the choice is "hold frames or
-//! not", how the codec threads is the VPU's business. It is the V4L2-style
+//! other GStreamer encoders name theirs (the Quick Sync and Media Foundation
+//! encoders' `low-latency`, which maps to Media Foundation's
+//! `CODECAPI_AVLowLatencyMode`, "one input sample shall produce one output
+//! sample"; `nvh264enc` calls it `zerolatency`), rather than x264enc's `tune`
+//! flags or thread counts: on a VPU the choice is "hold frames or not", how
+//! the codec threads is the VPU's business. Their default is `false`; ours is
+//! `true`, the behaviour of a hardware VPU and of this element before the
+//! property existed. It is the V4L2-style
 //! control [`Control::LowLatency`]; the frames held come back as the
 //! session's minimum OUTPUT buffers, which is what the element reports as
 //! latency. V4L2 has no such control, so on a kernel node `false` is not
