@@ -1,7 +1,8 @@
 //! H.264 encoders side by side, in one run: `vpuh264enc` (libx264 on the
-//! emulated VPU) against GStreamer's `x264enc speed-preset=ultrafast` (the
-//! same libx264, as the issue names it, and with `tune=zerolatency`, the
-//! configuration the VPU engine uses) and `openh264enc` (Cisco's
+//! emulated VPU; with its default `low-latency=true` and with `false`)
+//! against GStreamer's `x264enc speed-preset=ultrafast` (the same libx264,
+//! as the issue names it, and with `tune=zerolatency`, the configuration of
+//! the VPU engine's low-latency mode) and `openh264enc` (Cisco's
 //! libopenh264 2.3.1), at 1280x720 and 1920x1080 I420, 4 Mbit/s.
 //!
 //! Content: `videotestsrc pattern=smpte horizontal-speed=3` (scrolling bars),
@@ -11,11 +12,18 @@
 //! others copy it into their codec). The clock runs from PLAYING to EOS on the
 //! bus, the pipeline having been brought to READY first.
 //!
-//! Printed per encoder: frames/s (median of the runs), CPU time of the
-//! process per frame (all threads, from `/proc/self/task/*/schedstat`; the
-//! encoders' own threads included), the output bitrate, and the ratio of
-//! frames/s to the `x264enc ... tune=zerolatency` row: the peer that wraps
-//! the same library in the same configuration, so below 1.0 is our overhead.
+//! Printed per encoder: frames/s and CPU time of the process per frame
+//! (all threads, also those that exited during the run, from
+//! `/proc/self/stat`; the encoders' own threads included), medians of the
+//! runs, and the output bitrate. Each
+//! `vpuh264enc` row also gets its ratio of frames/s to the `x264enc` row of
+//! the same configuration (the peer that wraps the same library, so below
+//! 1.0 is our overhead): `vpuh264enc` (low latency: one in, one out) against
+//! `x264enc speed-preset=ultrafast tune=zerolatency` (sliced threads), and
+//! `vpuh264enc low-latency=false` (throughput: frame threads) against plain
+//! `x264enc speed-preset=ultrafast` (frame threads, x264enc's default). The
+//! runs go in rounds (each encoder once per round), so load changes of the
+//! machine spread over every row.
 //!
 //! Run: `cargo bench --bench h264enc`. H264ENC_BENCH_FRAMES=n frames per run
 //! (default 90 at 720p, 60 at 1080p), H264ENC_BENCH_RUNS=n (default 3),
@@ -30,7 +38,35 @@ use std::time::Instant;
 use gst::prelude::*;
 
 mod common;
-use common::{Plan, capture, cpu_secs, feed, loadavg, median, plan, raw_caps, wait_eos};
+use common::{Plan, capture, feed, loadavg, median, plan, raw_caps, wait_eos};
+
+/// Clock ticks per second of `/proc/self/stat` (`sysconf(_SC_CLK_TCK)`,
+/// 100 on every Linux architecture GStreamer runs on).
+const CLK_TCK: f64 = 100.0;
+
+/// CPU time of the whole process so far, user + system, threads that have
+/// exited included (`utime` + `stime` of `/proc/self/stat`, 10 ms ticks).
+/// Not `common::cpu_secs`, which sums the threads alive when it reads: an
+/// encoder that closes its codec at EOS (vpuh264enc's VPU drains and closes
+/// x264, whose threads then exit) would lose their time.
+fn process_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (in parentheses, which may hold spaces):
+    // state is field 3, utime 14, stime 15.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)) as f64 / CLK_TCK
+}
 
 struct Run {
     secs: f64,
@@ -72,13 +108,13 @@ fn run(encoder: &str, w: u32, h: u32, frames: &[gst::Buffer]) -> Run {
             b
         })
         .collect();
-    let cpu0 = cpu_secs();
+    let cpu0 = process_cpu_secs();
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
     feed(&pipeline, buffers);
     wait_eos(&pipeline);
     let secs = t.elapsed().as_secs_f64();
-    let cpu = cpu_secs() - cpu0;
+    let cpu = process_cpu_secs() - cpu0;
     pipeline.set_state(gst::State::Null).expect("NULL");
     let (n, bytes) = *out.lock().unwrap();
     Run {
@@ -89,50 +125,85 @@ fn run(encoder: &str, w: u32, h: u32, frames: &[gst::Buffer]) -> Run {
     }
 }
 
+/// One encoder of the table, and the row it is compared with.
+struct Encoder {
+    name: &'static str,
+    launch: String,
+    /// The `x264enc` row of the same configuration (`None`: a reference
+    /// row itself, or another library).
+    against: Option<&'static str>,
+}
+
+const ZEROLATENCY: &str = "x264enc ultrafast zerolatency";
+const FRAME_THREADS: &str = "x264enc ultrafast";
+
 fn measure(w: u32, h: u32, n: usize, runs: usize, kbps: u32) {
     let (frames, _) = capture("pattern=smpte horizontal-speed=3", w, h, n);
     let encoders = [
-        ("vpuh264enc", format!("vpuh264enc bitrate={kbps}")),
-        (
-            "x264enc ultrafast zerolatency",
-            format!("x264enc speed-preset=ultrafast tune=zerolatency bitrate={kbps}"),
-        ),
-        (
-            "x264enc ultrafast",
-            format!("x264enc speed-preset=ultrafast bitrate={kbps}"),
-        ),
-        (
-            "openh264enc",
-            format!("openh264enc rate-control=bitrate bitrate={}", kbps * 1000),
-        ),
+        Encoder {
+            name: "vpuh264enc",
+            launch: format!("vpuh264enc bitrate={kbps}"),
+            against: Some(ZEROLATENCY),
+        },
+        Encoder {
+            name: "vpuh264enc low-latency=false",
+            launch: format!("vpuh264enc low-latency=false bitrate={kbps}"),
+            against: Some(FRAME_THREADS),
+        },
+        Encoder {
+            name: ZEROLATENCY,
+            launch: format!("x264enc speed-preset=ultrafast tune=zerolatency bitrate={kbps}"),
+            against: None,
+        },
+        Encoder {
+            name: FRAME_THREADS,
+            launch: format!("x264enc speed-preset=ultrafast bitrate={kbps}"),
+            against: None,
+        },
+        Encoder {
+            name: "openh264enc",
+            launch: format!("openh264enc rate-control=bitrate bitrate={}", kbps * 1000),
+            against: None,
+        },
     ];
-    let mut rows = Vec::new();
-    for (name, launch) in &encoders {
-        let mut last = None;
-        let fps = median(
-            (0..runs)
-                .map(|_| {
-                    let r = run(launch, w, h, &frames);
-                    assert_eq!(r.frames, n, "{name}: every frame coded");
-                    let f = n as f64 / r.secs;
-                    last = Some(r);
-                    f
-                })
-                .collect(),
-        );
-        let r = last.expect("a run");
-        rows.push((name, fps, r));
+    // Rounds of one run per encoder, so that a change of the machine's load
+    // hits every row alike.
+    let mut results: Vec<Vec<Run>> = encoders.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for (e, out) in encoders.iter().zip(&mut results) {
+            let r = run(&e.launch, w, h, &frames);
+            assert_eq!(r.frames, n, "{}: every frame coded", e.name);
+            out.push(r);
+        }
     }
-    let reference = rows[1].1;
-    for (name, fps, r) in &rows {
+    let rows: Vec<(f64, f64, f64)> = results
+        .iter()
+        .map(|rs| {
+            let fps = median(rs.iter().map(|r| n as f64 / r.secs).collect());
+            let cpu = median(rs.iter().map(|r| r.cpu * 1000.0 / n as f64).collect());
+            let bytes: usize = rs.iter().map(|r| r.bytes).sum();
+            let kbit = bytes as f64 * 8.0 * 30.0 / (n * rs.len()) as f64 / 1000.0;
+            (fps, cpu, kbit)
+        })
+        .collect();
+    let fps_of = |name: &str| {
+        encoders
+            .iter()
+            .position(|e| e.name == name)
+            .map(|i| rows[i].0)
+    };
+    for (e, (fps, cpu, kbit)) in encoders.iter().zip(&rows) {
+        let ratio = e
+            .against
+            .and_then(|a| fps_of(a).map(|r| format!("{:.2} vs {a}", fps / r)))
+            .unwrap_or_default();
         println!(
-            "{:<11} {:<30} {:>8.1} {:>10.2} {:>10.0} {:>7.2}",
+            "{:<11} {:<30} {:>8.1} {:>10.2} {:>10.0}  {ratio}",
             format!("{w}x{h}"),
-            name,
+            e.name,
             fps,
-            r.cpu * 1000.0 / n as f64,
-            r.bytes as f64 * 8.0 * 30.0 / n as f64 / 1000.0,
-            fps / reference
+            cpu,
+            kbit,
         );
     }
 }
@@ -159,13 +230,16 @@ fn main() {
     );
     println!("load average before: {}", loadavg());
     println!(
-        "{:<11} {:<30} {:>8} {:>10} {:>10} {:>7}",
-        "size", "encoder", "frames/s", "cpu ms/f", "kbit/s", "ratio"
+        "{:<11} {:<30} {:>8} {:>10} {:>10}  ratio (frames/s) vs its pair",
+        "size", "encoder", "frames/s", "cpu ms/f", "kbit/s"
     );
     println!(
-        "  (cpu ms/f: CPU time of the process per frame, all threads, last run; kbit/s: output\n   \
-         rate at 30 fps; ratio: frames/s over x264enc ultrafast zerolatency, the same library\n   \
-         in vpuh264enc's configuration)"
+        "  (frames/s and cpu ms/f: medians over the runs; cpu ms/f: CPU time of the process\n   \
+         per frame, all threads; kbit/s: output rate at 30 fps; ratio: each vpuh264enc row\n   \
+         over the x264enc row of the same configuration, the same library: vpuh264enc (one\n   \
+         in, one out) vs x264enc tune=zerolatency (sliced threads), vpuh264enc\n   \
+         low-latency=false (frame threads) vs plain x264enc ultrafast (frame threads);\n   \
+         below 1.0 is our overhead)"
     );
     for (w, h, n) in sizes {
         measure(w, h, n, runs, kbps);

@@ -3,7 +3,8 @@
 //! timestamp, IDRs carry SPS and PPS and the KEYFRAME flag, a drain returns
 //! every frame then LAST, and the stream decodes (FFmpeg's H.264 decoder) to
 //! the frames that went in; bad buffers, formats and controls get errors that
-//! say what was wrong, and the session goes on.
+//! say what was wrong, and the session goes on. Throughput mode: the held
+//! frames are reported as minimum OUTPUT buffers, and all come out.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use gstrsvpu::m2m::{
 };
 use gstrsvpu::mem::Coherency;
 use gstrsvpu::vpu::EmuVpu;
+use gstrsvpu::vpu::codec::h264enc::{H264Params, delayed_frames};
 
 mod m2m_support;
 use m2m_support::{Coded, encode_frames, frames, vpu};
@@ -128,6 +130,55 @@ fn every_frame_is_one_access_unit_and_decodes_back() {
     for (i, (d, s)) in decoded.iter().zip(&input).enumerate() {
         let psnr = luma_psnr(d, s, &raw);
         assert!(psnr > 30.0, "frame {i}: luma PSNR {psnr:.1} dB");
+    }
+    assert_eq!(vpu.checker().violation_count(), 0);
+}
+
+/// Throughput mode (`LowLatency(false)`, x264 frame threads): the session
+/// says how many frames the codec holds (its minimum OUTPUT buffers, 1 +
+/// held), and N frames in still give N units out, in order, with their
+/// timestamps, the forced key frame on its frame, all decodable.
+#[test]
+fn throughput_mode_reports_held_frames_and_returns_every_one() {
+    let vpu = vpu();
+    let raw = Format::raw(PixelFormat::I420, 320, 240).unwrap();
+    let params = H264Params {
+        low_latency: false,
+        ..H264Params::default()
+    };
+    let held = delayed_frames(&params, raw.height);
+    for n in [0usize, 1, 2, 30] {
+        let input = frames(&raw, n as u32);
+        let session = vpu.open(Role::Encoder, PixelFormat::H264).unwrap();
+        assert_eq!(session.min_buffers(QueueKind::Output), 1);
+        let controls = [
+            Control::FrameRate { num: 30, den: 1 },
+            Control::LowLatency(false),
+        ];
+        let mut enc = BlockingEncoder::new(session, &raw, &controls, 3).unwrap();
+        assert_eq!(
+            enc.session().min_buffers(QueueKind::Output),
+            1 + held,
+            "the frames the codec holds, plus one"
+        );
+        let force = Some(7).filter(|&k| k < n);
+        let out = encode_frames(&mut enc, &input, 1000, force, |_| {});
+        assert_eq!(out.len(), n, "{n} frames in, {n} units out");
+        for (i, c) in out.iter().enumerate() {
+            assert_eq!(c.timestamp, i as u64 * 1000, "frame {i} of {n}");
+            assert_eq!(c.keyframe, i == 0 || i == 7, "frame {i} of {n}");
+        }
+        let decoded = ffmpeg_decode(&out, &raw);
+        assert_eq!(decoded.len(), n, "FFmpeg decodes every unit");
+        for (i, (d, s)) in decoded.iter().zip(&input).enumerate() {
+            let psnr = luma_psnr(d, s, &raw);
+            assert!(psnr > 30.0, "frame {i}: luma PSNR {psnr:.1} dB");
+        }
+        // Back to one in, one out: nothing held any more.
+        enc.session()
+            .set_control(Control::LowLatency(true))
+            .unwrap();
+        assert_eq!(enc.session().min_buffers(QueueKind::Output), 1);
     }
     assert_eq!(vpu.checker().violation_count(), 0);
 }

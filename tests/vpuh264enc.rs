@@ -6,7 +6,11 @@
 //! changes the output size from the next frame (an IDR), CBR holds the rate, constant
 //! QP follows the quantizer, qp-min/qp-max bound it. GstForceKeyUnit gives an
 //! IDR with SPS and PPS; a new size mid-stream starts with one. EOS on 0, 1
-//! and 2 frames; refusals name what cannot be satisfied; latency.
+//! and 2 frames; refusals name what cannot be satisfied; latency. Throughput
+//! mode (`low-latency=false`, the codec holds frames): N frames in, N units
+//! out for N = 0, 1, 2, 30 with their timestamps, decoded frame-exact by
+//! avdec_h264; a bitrate change loses no frame; force key unit; a flush
+//! discards the held frames; the latency counts them.
 //!
 //! Clips: `videotestsrc pattern=smpte horizontal-speed=3` (scrolling bars,
 //! deterministic), 320x240 I420 at 30/1, on the emulated VPU with its
@@ -277,8 +281,19 @@ fn profile_and_level_follow_downstream_caps() {
 
 #[test]
 fn bitrate_change_in_playing_changes_the_size_from_the_next_frame() {
+    bitrate_change("");
+}
+
+/// The frames the codec holds are coded with the old rate and pushed
+/// before the encoder reopens: none is lost, the IDR is still frame 30.
+#[test]
+fn bitrate_change_in_throughput_mode_loses_no_frame() {
+    bitrate_change("low-latency=false");
+}
+
+fn bitrate_change(props: &str) {
     let desc = format!(
-        "{} ! vpuh264enc name=enc bitrate=2000 gop-size=1000 ! fakesink name=sink",
+        "{} ! vpuh264enc name=enc bitrate=2000 gop-size=1000 {props} ! fakesink name=sink",
         source(60)
     );
     let out = run_with(
@@ -289,7 +304,14 @@ fn bitrate_change_in_playing_changes_the_size_from_the_next_frame() {
             }
         })),
     );
-    assert_eq!(out.buffers.len(), 60);
+    assert_eq!(out.buffers.len(), 60, "{props}: every frame out");
+    for (i, b) in out.buffers.iter().enumerate() {
+        assert_eq!(
+            b.pts(),
+            Some(frame_pts(i)),
+            "{props}: frame {i}'s timestamp"
+        );
+    }
     let size =
         |r: std::ops::Range<usize>| -> usize { out.buffers[r].iter().map(|b| b.size()).sum() };
     let (before, after) = (size(10..30), size(40..60));
@@ -350,9 +372,21 @@ fn constant_qp_follows_the_quantizer() {
 
 #[test]
 fn force_key_unit_gives_an_idr_with_sps_and_pps() {
+    force_key_unit(true);
+}
+
+#[test]
+fn force_key_unit_gives_an_idr_on_its_frame_in_throughput_mode() {
+    force_key_unit(false);
+}
+
+fn force_key_unit(low_latency: bool) {
     init();
     let mut h = gst_check::Harness::new("vpuh264enc");
     h.element().unwrap().set_property("gop-size", 1000u32);
+    h.element()
+        .unwrap()
+        .set_property("low-latency", low_latency);
     h.set_src_caps_str("video/x-raw,format=I420,width=160,height=120,framerate=25/1");
     let frame = |i: u64| {
         let mut b = gst::Buffer::with_size(160 * 120 * 3 / 2).unwrap();
@@ -424,6 +458,87 @@ fn mp4_round_trip_keeps_count_and_timestamps() {
         // mp4mux stores times in its timescale: allow its rounding.
         assert!(diff < 1_000_000, "frame {i}: pts {pts} vs {want}");
     }
+}
+
+/// Throughput mode: the codec holds frames, yet N frames in give N units
+/// out, in order, with their timestamps (the held ones at EOS), the first an
+/// IDR; avdec_h264 decodes exactly N frames.
+#[test]
+fn throughput_mode_every_frame_out_in_order_with_its_timestamp() {
+    for n in [0, 1, 2, 30] {
+        let out = run(&format!(
+            "{} ! vpuh264enc name=enc low-latency=false ! fakesink name=sink",
+            source(n)
+        ));
+        assert_eq!(out.buffers.len(), n, "{n} frames in, {n} out");
+        for (i, b) in out.buffers.iter().enumerate() {
+            assert_eq!(b.pts(), Some(frame_pts(i)), "frame {i} of {n}");
+            let types = nal_types(&bytes(b));
+            assert_eq!(is_key(b), i == 0, "frame {i} of {n}: {types:?}");
+        }
+        if n > 0 {
+            assert!(idr_with_headers(&nal_types(&bytes(&out.buffers[0]))));
+        }
+        let decoded = run(&format!(
+            "{} ! vpuh264enc name=enc low-latency=false ! h264parse ! avdec_h264 \
+             ! fakesink name=sink",
+            source(n)
+        ));
+        assert_eq!(decoded.buffers.len(), n, "avdec_h264: {n} frames");
+        for (i, b) in decoded.buffers.iter().enumerate() {
+            assert_eq!(b.pts(), Some(frame_pts(i)), "decoded frame {i} of {n}");
+        }
+    }
+}
+
+/// A flushing seek in throughput mode: the frames the codec held are
+/// discarded, the stream after it starts with an IDR, and every frame of
+/// the new segment comes out.
+#[test]
+fn a_flush_in_throughput_mode_discards_held_frames_cleanly() {
+    init();
+    let mut h = gst_check::Harness::new("vpuh264enc");
+    h.element().unwrap().set_property("low-latency", false);
+    h.set_src_caps_str("video/x-raw,format=I420,width=160,height=120,framerate=25/1");
+    let frame = |i: u64| {
+        let mut b = gst::Buffer::with_size(160 * 120 * 3 / 2).unwrap();
+        {
+            let b = b.get_mut().unwrap();
+            b.set_pts(gst::ClockTime::from_mseconds(40 * i));
+            b.set_duration(gst::ClockTime::from_mseconds(40));
+            let mut m = b.map_writable().unwrap();
+            for (k, v) in m.iter_mut().enumerate() {
+                *v = ((k as u64 * 3 + i * 11) % 251) as u8;
+            }
+        }
+        b
+    };
+    for i in 0..3 {
+        h.push(frame(i)).unwrap();
+    }
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    let mut segment = gst::FormattedSegment::<gst::ClockTime>::new();
+    segment.set_start(gst::ClockTime::from_mseconds(400));
+    assert!(h.push_event(gst::event::Segment::new(&segment)));
+    // Whatever left before the flush was let through; what was held is gone.
+    while h.try_pull().is_some() {}
+    for i in 10..16 {
+        h.push(frame(i)).unwrap();
+    }
+    h.push_event(gst::event::Eos::new());
+    let mut out = Vec::new();
+    while let Some(b) = h.try_pull() {
+        out.push(b);
+    }
+    let pts: Vec<u64> = out.iter().map(|b| b.pts().unwrap().mseconds()).collect();
+    assert_eq!(
+        pts,
+        vec![400, 440, 480, 520, 560, 600],
+        "the new segment, all of it"
+    );
+    assert!(is_key(&out[0]) && idr_with_headers(&nal_types(&bytes(&out[0]))));
+    assert!(out[1..].iter().all(|b| !is_key(b)));
 }
 
 #[test]
@@ -503,25 +618,69 @@ fn what_cannot_be_satisfied_is_refused_with_the_reason() {
 
 #[test]
 fn latency_is_reported() {
+    let frame = gst::ClockTime::SECOND.mul_div_ceil(1, 30).unwrap();
+    let min = live_latency("");
+    assert_eq!(
+        min, frame,
+        "low latency: the one frame a coded frame waits for the next"
+    );
+}
+
+/// Throughput mode: that frame plus the frames x264's frame threads hold
+/// (x264_encoder_maximum_delayed_frames, as x264enc reports it: 3 on 2
+/// CPUs).
+#[test]
+fn latency_in_throughput_mode_counts_the_frames_the_codec_holds() {
+    use gstrsvpu::vpu::codec::h264enc::{H264Params, delayed_frames};
+    let params = H264Params {
+        low_latency: false,
+        ..H264Params::default()
+    };
+    let held = u64::from(delayed_frames(&params, H));
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        assert!(held > 0, "frame threads hold frames on several CPUs");
+    }
+    let min = live_latency("low-latency=false");
+    assert_eq!(
+        min,
+        gst::ClockTime::SECOND.mul_div_ceil(1 + held, 30).unwrap(),
+        "{held} frames held + 1"
+    );
+    assert!(min > live_latency("") || held == 0);
+}
+
+/// The minimum latency `vpuh264enc {props}` adds in a live pipeline: what
+/// its src pad answers less what its upstream (the live source) answers.
+fn live_latency(props: &str) -> gst::ClockTime {
     init();
     let pipeline = gst::parse::launch(&format!(
         "videotestsrc is-live=true pattern=smpte \
          ! video/x-raw,format=I420,width={W},height={H},framerate=30/1 \
-         ! vpuh264enc ! fakesink sync=true"
+         ! vpuh264enc name=enc {props} ! fakesink sync=true"
     ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
     .unwrap();
     pipeline.set_state(gst::State::Playing).unwrap();
     let (res, _, _) = pipeline.state(gst::ClockTime::from_seconds(10));
     res.unwrap();
-    let mut q = gst::query::Latency::new();
-    assert!(pipeline.query(&mut q));
-    let (live, min, _max) = q.result();
+    let enc = pipeline.by_name("enc").unwrap();
+    let latency = |pad: &gst::Pad, peer: bool| {
+        let mut q = gst::query::Latency::new();
+        let answered = if peer {
+            pad.peer_query(&mut q)
+        } else {
+            pad.query(&mut q)
+        };
+        assert!(answered, "latency query on {}", pad.name());
+        let (live, min, _max) = q.result();
+        assert!(live);
+        min
+    };
+    let through = latency(&enc.static_pad("src").unwrap(), false);
+    let upstream = latency(&enc.static_pad("sink").unwrap(), true);
     pipeline.set_state(gst::State::Null).unwrap();
-    assert!(live);
-    assert!(
-        min >= gst::ClockTime::from_mseconds(33),
-        "the encoder's frame of latency is reported: {min}"
-    );
+    through - upstream
 }
 
 #[test]
@@ -551,15 +710,28 @@ fn qp_min_and_qp_max_bound_rate_control() {
 
 #[test]
 fn a_new_size_mid_stream_starts_a_new_stream_with_an_idr() {
+    new_size_mid_stream("");
+}
+
+/// The same in throughput mode: the frames the codec holds at the caps
+/// change come out (drained) before the new size starts.
+#[test]
+fn a_new_size_mid_stream_in_throughput_mode_loses_no_frame() {
+    new_size_mid_stream("low-latency=false");
+}
+
+fn new_size_mid_stream(props: &str) {
     // The capsfilter before the encoder switches 320x240 -> 160x120 after
     // frame 4: the element drains the first size, the VPU takes the new
     // format, and the second size starts with SPS, PPS and an IDR; avdec_h264
     // decodes both (an error would fail the run).
     let out = run_with(
-        "videotestsrc num-buffers=12 pattern=smpte ! video/x-raw,format=I420,framerate=30/1 \
+        &format!(
+            "videotestsrc num-buffers=12 pattern=smpte ! video/x-raw,format=I420,framerate=30/1 \
          ! videoscale ! capsfilter name=size caps=video/x-raw,width=320,height=240 \
-         ! vpuh264enc name=enc ! tee name=t ! queue ! fakesink name=sink t. ! queue \
-         ! h264parse ! avdec_h264 ! fakesink",
+         ! vpuh264enc name=enc {props} ! tee name=t ! queue ! fakesink name=sink t. ! queue \
+         ! h264parse ! avdec_h264 ! fakesink"
+        ),
         Some(Box::new(|n, enc| {
             if n == 4
                 && let Some(bin) = enc.parent().and_then(|p| p.downcast::<gst::Bin>().ok())
@@ -569,7 +741,17 @@ fn a_new_size_mid_stream_starts_a_new_stream_with_an_idr() {
             }
         })),
     );
-    assert_eq!(out.buffers.len(), 12, "every frame of both sizes");
+    assert_eq!(out.buffers.len(), 12, "{props}: every frame of both sizes");
+    for (i, b) in out.buffers.iter().enumerate() {
+        // videotestsrc restarts its timestamp arithmetic at the new caps
+        // (199999999 ns for frame 6): allow its rounding.
+        let pts = b.pts().unwrap().nseconds();
+        let want = frame_pts(i).nseconds();
+        assert!(
+            pts.abs_diff(want) <= 1,
+            "{props}: frame {i}: {pts} vs {want}"
+        );
+    }
     let s = out.caps.as_ref().unwrap().structure(0).unwrap().to_owned();
     assert_eq!(s.get::<i32>("width").unwrap(), 160, "{s}");
     let keys: Vec<usize> = (0..12).filter(|&i| is_key(&out.buffers[i])).collect();
@@ -597,6 +779,7 @@ fn properties_read_like_a_manual() {
             "qp-min",
             "qp-max",
             "quantizer",
+            "low-latency",
             "extra-controls",
             "device",
             "memory-policy",
@@ -612,6 +795,19 @@ fn properties_read_like_a_manual() {
     );
     assert_eq!(enc.property::<u32>("bitrate"), 2048);
     assert_eq!(enc.property::<u32>("gop-size"), 30);
+    assert!(
+        enc.property::<bool>("low-latency"),
+        "one in, one out by default"
+    );
+    assert!(
+        !enc.find_property("low-latency")
+            .unwrap()
+            .flags()
+            .contains(gst::PARAM_FLAG_MUTABLE_PLAYING),
+        "low-latency changes the latency the pipeline was set up with: READY only"
+    );
+    enc.set_property("low-latency", false);
+    assert!(!enc.property::<bool>("low-latency"));
     enc.set_property_from_str("rate-control", "constant-qp");
     enc.set_property("quantizer", 30u32);
     assert_eq!(enc.property::<u32>("quantizer"), 30);

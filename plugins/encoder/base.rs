@@ -164,6 +164,23 @@ pub(crate) fn resolve_output_io(mode: OutputIoMode, kernel: bool, backend: DmaBa
     }
 }
 
+/// Takes the controls V4L2 does not have out of a kernel node's setup:
+/// [`Control::LowLatency`] (the node codes as its driver does, and its
+/// latency is what it says in `min_buffers(OUTPUT)`). True when one of them
+/// asked for something else than a node does anyway (`LowLatency(false)`),
+/// which deserves a warning.
+fn drop_controls_v4l2_lacks(controls: &mut Vec<Control>) -> bool {
+    let mut ignored = false;
+    controls.retain(|c| match *c {
+        Control::LowLatency(on) => {
+            ignored |= !on;
+            false
+        }
+        _ => true,
+    });
+    ignored
+}
+
 #[derive(Debug, Clone, Default)]
 struct Settings<S> {
     codec: S,
@@ -708,8 +725,10 @@ impl<C: Codec> EncoderBase<C> {
         let coherency = lock(&self.settings).memory_policy.coherency();
         let pool = VpuBufferPool::new(&raw, coherency, &checker).map_err(|e| e.to_string())?;
         let size = u32::try_from(raw.size).map_err(|_| format!("{} bytes", raw.size))?;
-        // The VPU's minimum, the frame the encoder holds for its one frame of
-        // latency, and the one the producer fills.
+        // The VPU's minimum (1 + the frames its codec holds, whose buffers
+        // the base class keeps until their units are pushed), the frame the
+        // encoder holds for its one frame of latency, and the one the
+        // producer fills.
         Ok((pool, size, min + 2))
     }
 
@@ -1030,6 +1049,15 @@ impl<C: Codec> EncoderBase<C> {
             Control::FrameRate { num: 30, den: 1 }
         });
         controls.extend(negotiated);
+        if kernel && drop_controls_v4l2_lacks(&mut controls) {
+            let device = lock(&self.settings).device.clone();
+            gst::element_warning!(
+                enc,
+                gst::LibraryError::Settings,
+                ("low-latency=false is ignored: {device} is a kernel V4L2 node, and \
+                  V4L2 has no control for a throughput mode; it codes as its driver does")
+            );
+        }
         let engine = Engine::start(
             session,
             &raw,
@@ -1054,12 +1082,23 @@ impl<C: Codec> EncoderBase<C> {
         enc.negotiate(output)
             .map_err(|_| gst::loggable_error!(cat, "downstream refused {caps}"))?;
 
-        // Coded frames leave when the next frame comes in (see the module doc).
+        // A coded frame leaves when the next frame comes in (see the module
+        // doc), and the VPU's codec may hold `min_buffers(OUTPUT) - 1` frames
+        // before it codes one (H.264 with low-latency=false): so
+        // `min_buffers(OUTPUT)` frames in all, the number v4l2videodec
+        // also takes its latency from (MIN_BUFFERS_FOR_CAPTURE there).
         if fps.numer() > 0 {
-            let frame = gst::ClockTime::SECOND
-                .mul_div_floor(fps.denom() as u64, fps.numer() as u64)
+            let frames = u64::from(engine.session().min_buffers(QueueKind::Output).max(1));
+            let latency = gst::ClockTime::SECOND
+                .mul_div_ceil(frames * fps.denom() as u64, fps.numer() as u64)
                 .unwrap_or(gst::ClockTime::ZERO);
-            enc.set_latency(frame, Some(frame));
+            gst::info!(
+                cat,
+                obj = enc,
+                "latency {latency} ({frames} frames: the VPU holds {})",
+                frames - 1
+            );
+            enc.set_latency(latency, Some(latency));
         }
         *lock(&self.stream) = Some(Stream {
             engine,
@@ -1262,6 +1301,26 @@ pub(crate) use encoder_element;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_node_gets_no_low_latency_control() {
+        let mut c = vec![
+            Control::Bitrate(1000),
+            Control::LowLatency(true),
+            Control::GopSize(5),
+        ];
+        assert!(
+            !drop_controls_v4l2_lacks(&mut c),
+            "true: nothing to warn of"
+        );
+        assert_eq!(c, vec![Control::Bitrate(1000), Control::GopSize(5)]);
+        let mut c = vec![Control::LowLatency(false), Control::GopSize(5)];
+        assert!(
+            drop_controls_v4l2_lacks(&mut c),
+            "false is ignored: a warning"
+        );
+        assert_eq!(c, vec![Control::GopSize(5)]);
+    }
 
     #[test]
     fn output_io_mode_resolves_per_vpu_and_memory() {

@@ -10,6 +10,23 @@
 //! lowest that fits (the VPU picks it). What cannot be satisfied is refused in
 //! `set_format` with an element error naming what downstream asked and why
 //! it does not fit.
+//!
+//! `low-latency` (default true) chooses between the VPU-like one frame in,
+//! one unit out (x264 `tune=zerolatency`, sliced threads) and a throughput
+//! mode (`false`: x264 frame threads, as `x264enc`'s default), in which the
+//! codec holds a few frames and codes them in parallel. A bool named as the
+//! other GStreamer encoders name theirs (the Quick Sync and Media Foundation
+//! encoders' `low-latency`, which maps to Media Foundation's
+//! `CODECAPI_AVLowLatencyMode`, "one input sample shall produce one output
+//! sample"; `nvh264enc` calls it `zerolatency`), rather than x264enc's `tune`
+//! flags or thread counts: on a VPU the choice is "hold frames or not", how
+//! the codec threads is the VPU's business. Their default is `false`; ours is
+//! `true`, the behaviour of a hardware VPU and of this element before the
+//! property existed. It is the V4L2-style
+//! control [`Control::LowLatency`]; the frames held come back as the
+//! session's minimum OUTPUT buffers, which is what the element reports as
+//! latency. V4L2 has no such control, so on a kernel node `false` is not
+//! applied (a warning says so) and the node codes as its driver does.
 
 use std::sync::LazyLock;
 
@@ -35,6 +52,7 @@ const DEFAULT_GOP_SIZE: u32 = 30;
 const DEFAULT_QP_MIN: u32 = 0;
 const DEFAULT_QP_MAX: u32 = 51;
 const DEFAULT_QUANTIZER: u32 = 23;
+const DEFAULT_LOW_LATENCY: bool = true;
 /// Highest `bitrate`, kbit/s (the control carries bit/s in 32 bits).
 const MAX_BITRATE_KBPS: u32 = u32::MAX / 1000;
 
@@ -100,6 +118,7 @@ pub struct H264Settings {
     qp_min: u32,
     qp_max: u32,
     quantizer: u32,
+    low_latency: bool,
 }
 
 impl Default for H264Settings {
@@ -111,6 +130,7 @@ impl Default for H264Settings {
             qp_min: DEFAULT_QP_MIN,
             qp_max: DEFAULT_QP_MAX,
             quantizer: DEFAULT_QUANTIZER,
+            low_latency: DEFAULT_LOW_LATENCY,
         }
     }
 }
@@ -300,6 +320,23 @@ impl Codec for H264 {
                 .default_value(DEFAULT_QUANTIZER)
                 .mutable_playing()
                 .build(),
+            glib::ParamSpecBoolean::builder("low-latency")
+                .nick("Low latency")
+                .blurb(
+                    "true: every frame is coded as it comes and its unit leaves \
+                     when the next frame arrives (one frame of latency, like a \
+                     hardware encoder; x264 tune=zerolatency, sliced threads); \
+                     false: throughput, the VPU codes several frames at once and \
+                     holds as many back (x264 frame threads, as x264enc's default; \
+                     latency 1 + the held frames, 4 on 2 CPUs, reported to the \
+                     pipeline). Every frame \
+                     still comes out, in order, at EOS and before a parameter \
+                     change. A kernel V4L2 node has no such control: there false \
+                     is ignored with a warning. Read when the caps are set",
+                )
+                .default_value(DEFAULT_LOW_LATENCY)
+                .mutable_ready()
+                .build(),
         ]
     }
 
@@ -315,6 +352,9 @@ impl Codec for H264 {
             "qp-min" => vec![Control::MinQp(v())],
             "qp-max" => vec![Control::MaxQp(v())],
             "quantizer" => vec![Control::IFrameQp(v()), Control::PFrameQp(v())],
+            "low-latency" => vec![Control::LowLatency(
+                value.get::<bool>().expect("type checked upstream"),
+            )],
             _ => return None,
         })
     }
@@ -327,6 +367,7 @@ impl Codec for H264 {
             "qp-min" => s.qp_min.to_value(),
             "qp-max" => s.qp_max.to_value(),
             "quantizer" => s.quantizer.to_value(),
+            "low-latency" => s.low_latency.to_value(),
             _ => return None,
         })
     }
@@ -339,6 +380,7 @@ impl Codec for H264 {
             Control::MinQp(v) => s.qp_min = v,
             Control::MaxQp(v) => s.qp_max = v,
             Control::PFrameQp(v) => s.quantizer = v,
+            Control::LowLatency(v) => s.low_latency = v,
             _ => {}
         }
     }
@@ -352,6 +394,7 @@ impl Codec for H264 {
             Control::MaxQp(s.qp_max),
             Control::IFrameQp(s.quantizer),
             Control::PFrameQp(s.quantizer),
+            Control::LowLatency(s.low_latency),
         ]
     }
 

@@ -3,7 +3,8 @@
 //! ([`crate::encoder`]) with the H.264 descriptor of `imp.rs`: byte-stream
 //! caps with the profile (and level) negotiated from downstream, and the
 //! rate-control properties (`bitrate`, `rate-control`, `gop-size`, `qp-min`,
-//! `qp-max`, `quantizer`). On the emulated VPU it codes with libx264 (see
+//! `qp-max`, `quantizer`) and `low-latency` (one in, one out, or a throughput
+//! mode whose codec holds frames; see `imp.rs`). On the emulated VPU it codes with libx264 (see
 //! `src/vpu/codec/h264enc.rs` for why, with figures).
 
 use gst::glib;

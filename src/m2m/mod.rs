@@ -213,6 +213,13 @@ pub enum Control {
     /// The OUTPUT frame rate, frames per second as `num/den` (`VIDIOC_S_PARM`
     /// on the OUTPUT queue in V4L2); rate control needs it.
     FrameRate { num: u32, den: u32 },
+    /// `true` (the default): the encoder codes each frame as it comes, its
+    /// unit out before the next frame is taken; `false`: throughput, the
+    /// codec may hold frames (frame threads, as x264's default) and
+    /// [`Session::min_buffers`] of OUTPUT says how many (plus one). V4L2 has
+    /// no such control: a kernel node refuses it and codes as its driver
+    /// does.
+    LowLatency(bool),
 }
 
 /// Errors of the contract. Messages say what was expected and what was found.
@@ -301,7 +308,10 @@ pub trait Session: Send + Sync {
                 .into(),
         })
     }
-    /// `V4L2_CID_MIN_BUFFERS_FOR_OUTPUT` / `..._FOR_CAPTURE`.
+    /// `V4L2_CID_MIN_BUFFERS_FOR_OUTPUT` / `..._FOR_CAPTURE`. For an
+    /// encoder's OUTPUT: the frames it must have before the first unit comes
+    /// out, i.e. 1 + the frames its codec holds back (read it after
+    /// `set_format` of OUTPUT and the controls; it may change with them).
     fn min_buffers(&self, queue: QueueKind) -> u32;
     /// `VIDIOC_REQBUFS`: (re)creates `count` buffers on a stopped queue. With
     /// [`Memory::Allocate`] the buffers come back to the client to be queued;

@@ -1172,6 +1172,16 @@ impl Session for KernelSession {
                 "H.264 level",
             ),
             Control::FrameRate { num, den } => return self.set_frame_rate(num, den),
+            Control::LowLatency(_) => {
+                return Err(M2mError::InvalidControl {
+                    control,
+                    reason: format!(
+                        "V4L2 has no low-latency control: {} codes as its driver does \
+                         (the frames it holds are its V4L2_CID_MIN_BUFFERS_FOR_OUTPUT)",
+                        self.path.display()
+                    ),
+                });
+            }
         };
         let Some(info) = controls::query(&self.fd, id) else {
             return Err(M2mError::InvalidControl {

@@ -21,7 +21,8 @@ pub const ABI_MAGIC: u32 = u32::from_le_bytes(*b"VPU1");
 ///
 /// - 1: the first version.
 /// - 2: [`Command::SetLayout`] (the host chooses a raw queue's plane layout).
-pub const ABI_VERSION: u32 = 2;
+/// - 3: [`Response::MinOutputBuffers`] and the [`ctrl::LOW_LATENCY`] control.
+pub const ABI_VERSION: u32 = 3;
 /// Bytes per ring slot.
 pub const SLOT_SIZE: usize = 128;
 /// Bytes of free text a message can carry (error details).
@@ -127,6 +128,7 @@ mod op {
     pub const BUFFER_DONE: u32 = 0x82;
     pub const SOURCE_CHANGE: u32 = 0x83;
     pub const SESSION_ERROR: u32 = 0x84;
+    pub const MIN_OUTPUT_BUFFERS: u32 = 0x85;
 }
 
 /// Control ids on the wire.
@@ -146,6 +148,9 @@ pub mod ctrl {
     pub const H264_LEVEL: u32 = 10;
     /// OUTPUT frame rate in millihertz (frames per 1000 s).
     pub const FRAME_RATE_MHZ: u32 = 11;
+    /// 1: code each frame as it comes (one in, one out); 0: throughput
+    /// (the codec may hold frames, see [`super::Response::MinOutputBuffers`]).
+    pub const LOW_LATENCY: u32 = 12;
     /// `H264_LEVEL` value: the encoder picks the lowest level that fits.
     pub const LEVEL_AUTO: u32 = u32::MAX;
 }
@@ -275,6 +280,12 @@ pub enum Response {
     },
     /// The session can no longer run.
     SessionError { text: String },
+    /// The session's `V4L2_CID_MIN_BUFFERS_FOR_OUTPUT` changed to `count`:
+    /// an encoder whose codec holds frames back needs that many frames
+    /// queued before the first unit comes out. Posted, when a command
+    /// changed it, before that command's [`Response::Ack`], so the host
+    /// knows it when the command returns. Since version 3.
+    MinOutputBuffers { count: u32 },
 }
 
 fn queue_to_u32(q: QueueKind) -> u32 {
@@ -543,6 +554,7 @@ impl Response {
                 msg(op::SOURCE_CHANGE, &args)
             }
             Response::SessionError { text } => with_text(msg(op::SESSION_ERROR, &[]), text),
+            Response::MinOutputBuffers { count } => msg(op::MIN_OUTPUT_BUFFERS, &[*count]),
         }
     }
 
@@ -576,6 +588,7 @@ impl Response {
                 formats: a[8..].iter().copied().filter(|&f| f != 0).collect(),
             },
             op::SESSION_ERROR => Response::SessionError { text: text_of(m)? },
+            op::MIN_OUTPUT_BUFFERS => Response::MinOutputBuffers { count: a[0] },
             other => return Err(ProtocolError::UnknownOpcode(other)),
         })
     }
@@ -695,6 +708,7 @@ mod tests {
             Response::SessionError {
                 text: "x".repeat(TEXT_SIZE),
             },
+            Response::MinOutputBuffers { count: 4 },
         ];
         for r in resps {
             assert_eq!(Response::decode(&r.encode(1, 2)).unwrap(), r);

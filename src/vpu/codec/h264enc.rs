@@ -27,10 +27,21 @@
 //! # Configuration
 //!
 //! A hardware encoder has one speed/quality point; this one is x264's
-//! `ultrafast` preset with `zerolatency` (no B-frames, no lookahead, sliced
-//! threads: every frame in gives its access unit out at once, so the VPU
-//! never holds frames back), plus CABAC for Main and CABAC and the 8x8
-//! transform for High, the tools that make those profiles worth asking for.
+//! `ultrafast` preset, plus CABAC for Main and CABAC and the 8x8 transform
+//! for High, the tools that make those profiles worth asking for. No
+//! B-frames and no rate-control lookahead in either mode, so units leave in
+//! input order. Two ways to thread it ([`H264Params::low_latency`]):
+//!
+//! * low latency (the default): `tune=zerolatency`, sliced threads (each
+//!   frame is cut into slices coded in parallel): every frame in gives its
+//!   access unit out at once, like a hardware encoder's one-in-one-out.
+//! * throughput: frame threads, as `x264enc`'s default: several frames are
+//!   coded at once, each by its own thread, so the codec holds frames back
+//!   ([`H264Encoder::max_delayed_frames`]) and they come out later (all of
+//!   them at the latest on [`H264Encoder::flush`]). One slice per frame. It
+//!   pays where sliced threads leave cores idle; on a CPU-saturated machine
+//!   it gains nothing (figures in the README, `benches/h264enc.rs`).
+//!
 //! x264 repeats SPS and PPS in front of every IDR (no global header) and
 //! writes Annex-B start codes. Changing a parameter while encoding reopens
 //! the encoder, so the next frame is an IDR (see [`H264Encoder::set_params`]).
@@ -65,6 +76,9 @@ pub struct H264Params {
     pub level: Option<H264Level>,
     /// Frames per second as num/den.
     pub framerate: (u32, u32),
+    /// `true`: sliced threads, no frame held back; `false`: frame threads,
+    /// the codec holds [`delayed_frames`] frames (see the module doc).
+    pub low_latency: bool,
 }
 
 impl Default for H264Params {
@@ -80,8 +94,41 @@ impl Default for H264Params {
             profile: H264Profile::ConstrainedBaseline,
             level: None,
             framerate: (30, 1),
+            low_latency: true,
         }
     }
+}
+
+/// The frame threads x264 would pick itself for a `height`-line picture
+/// (`X264_THREADS_AUTO` in `x264_validate_parameters`, x264 0.164): 1.5 per
+/// CPU, at most one per two macroblock rows. Set explicitly, so the delay
+/// it implies is known before the first frame (see [`delayed_frames`]).
+fn frame_threads(height: u32) -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let by_rows = (height.div_ceil(16) / 2).max(1);
+    (cpus * 3 / 2).clamp(1, MAX_FRAME_THREADS).min(by_rows)
+}
+
+/// Most frame threads the throughput mode uses (x264 allows 128; beyond a
+/// few per CPU they only add delay).
+const MAX_FRAME_THREADS: u32 = 16;
+
+/// The frames the codec holds before the unit of a frame comes out, for a
+/// `height`-line picture: what `x264_encoder_maximum_delayed_frames` returns
+/// (x264's `frames.i_delay`), derived from the parameters this module sets,
+/// because libavcodec does not expose x264's handle to ask it. x264 computes
+/// `max(bframes, rc_lookahead) + (frame threads - 1) + sync_lookahead +
+/// vfr_input`; here bframes = rc_lookahead = 0 (ultrafast), vfr_input = 0
+/// (`force-cfr`, as zerolatency does), and sync_lookahead is x264's auto
+/// value, `bframes + 1` = 1 with frame threads, 0 with one thread. So:
+/// 0 with low latency (sliced threads), else `threads - 1 + (threads > 1)`.
+/// `tests` checks it against what the codec really holds.
+pub fn delayed_frames(params: &H264Params, height: u32) -> u32 {
+    if params.low_latency {
+        return 0;
+    }
+    let threads = frame_threads(height);
+    threads - 1 + u32::from(threads > 1)
 }
 
 impl H264Params {
@@ -139,6 +186,8 @@ pub enum H264Error {
     Level(String),
     #[error("FFmpeg has no libx264 encoder (install libavcodec59 built with x264)")]
     NoX264,
+    #[error("the H.264 encoder is closed")]
+    Closed,
     #[error("libx264 {what}: {source}")]
     Library {
         what: &'static str,
@@ -204,14 +253,17 @@ pub fn supports(format: PixelFormat) -> bool {
 
 /// An open libx264 encoder for one raw format and size.
 pub struct H264Encoder {
-    encoder: ff::encoder::Video,
+    /// `None` after a flush or a discard: the next frame reopens it.
+    encoder: Option<ff::encoder::Video>,
     frame: ff::frame::Video,
     raw: Format,
     params: H264Params,
-    /// Set after a flush: the next frame reopens the encoder.
-    flushed: bool,
     /// A frame was sent and `receive` has not yet said "nothing more".
     unreceived: bool,
+    /// Frames sent and not yet received as units.
+    inside: u32,
+    /// The most frames the codec held at once since it was opened.
+    max_inside: u32,
 }
 
 impl fmt::Debug for H264Encoder {
@@ -263,8 +315,18 @@ fn open(raw: &Format, p: &H264Params) -> Result<ff::encoder::Video, H264Error> {
 
     let mut opts = ff::Dictionary::new();
     opts.set("preset", "ultrafast");
-    opts.set("tune", "zerolatency");
-    opts.set("threads", "0");
+    let mut x264 = vec![format!("keyint-min={}", p.gop_size.min(25))];
+    if p.low_latency {
+        opts.set("tune", "zerolatency");
+        opts.set("threads", "0");
+    } else {
+        // Frame threads (no tune), with the count x264 would pick, set so
+        // that `delayed_frames` knows it. `force-cfr`: timestamps are frame
+        // counters, so x264's variable-frame-rate input handling would
+        // only add a frame of delay (zerolatency turns it off too).
+        opts.set("threads", &frame_threads(raw.height).to_string());
+        x264.push("force-cfr=1".into());
+    }
     opts.set("forced-idr", "1");
     // Frames the source marks as key frames are IDRs only when asked.
     opts.set("sc_threshold", "0");
@@ -295,7 +357,6 @@ fn open(raw: &Format, p: &H264Params) -> Result<ff::encoder::Video, H264Error> {
         return Err(H264Error::Level(why));
     }
     opts.set("level", &level.idc.to_string());
-    let mut x264 = vec![format!("keyint-min={}", p.gop_size.min(25))];
     match p.profile {
         H264Profile::Baseline | H264Profile::ConstrainedBaseline => {}
         H264Profile::Main => x264.push("cabac=1".into()),
@@ -341,17 +402,33 @@ impl H264Encoder {
         }
         let encoder = open(raw, &params)?;
         Ok(H264Encoder {
-            encoder,
+            encoder: Some(encoder),
             frame: ff::frame::Video::new(pix, raw.width, raw.height),
             raw: raw.clone(),
             params,
-            flushed: false,
             unreceived: false,
+            inside: 0,
+            max_inside: 0,
         })
     }
 
     pub fn params(&self) -> &H264Params {
         &self.params
+    }
+
+    /// The most frames the codec holds before a frame's unit comes out
+    /// (0: one in, one out), for the current parameters: see
+    /// [`delayed_frames`].
+    pub fn max_delayed_frames(&self) -> u32 {
+        delayed_frames(&self.params, self.raw.height)
+    }
+
+    /// The most frames the codec really held at once (sent, not yet
+    /// received) since it was last opened: at most
+    /// [`Self::max_delayed_frames`] when units are received after each
+    /// frame.
+    pub fn held_most(&self) -> u32 {
+        self.max_inside
     }
 
     /// Applies new parameters from the next frame: the encoder is reopened,
@@ -382,9 +459,9 @@ impl H264Encoder {
     /// Codes one frame read from `input` (laid out as the raw format). Its
     /// unit, and any the encoder held back, come from [`Self::receive`].
     pub fn encode(&mut self, input: &[u8], pts: i64, idr: bool) -> Result<(), H264Error> {
-        if self.flushed {
-            self.encoder = open(&self.raw, &self.params)?;
-            self.flushed = false;
+        if self.encoder.is_none() {
+            self.encoder = Some(open(&self.raw, &self.params)?);
+            self.max_inside = 0;
         }
         let raw = &self.raw;
         if input.len() < raw.size {
@@ -426,22 +503,28 @@ impl H264Encoder {
         } else {
             ff::picture::Type::None
         });
-        self.encoder
-            .send_frame(&self.frame)
-            .map_err(lib("encode"))?;
+        let encoder = self.encoder.as_mut().ok_or(H264Error::Closed)?;
+        encoder.send_frame(&self.frame).map_err(lib("encode"))?;
         self.unreceived = true;
+        // The unit of the frame just sent is not out yet either.
+        self.inside += 1;
         Ok(())
     }
 
     /// The next coded unit, if the encoder has one now.
     pub fn receive(&mut self) -> Result<Option<AccessUnit>, H264Error> {
-        if self.flushed {
+        let Some(encoder) = self.encoder.as_mut() else {
             return Ok(None);
-        }
+        };
         let mut packet = ff::Packet::empty();
-        match self.encoder.receive_packet(&mut packet) {
-            Ok(()) => Ok(Some(AccessUnit { packet })),
+        match encoder.receive_packet(&mut packet) {
+            Ok(()) => {
+                self.inside = self.inside.saturating_sub(1);
+                Ok(Some(AccessUnit { packet }))
+            }
             Err(ff::Error::Other { errno }) if errno == ff::error::EAGAIN => {
+                // Whatever is still inside now is held back by the codec.
+                self.max_inside = self.max_inside.max(self.inside);
                 self.unreceived = false;
                 Ok(None)
             }
@@ -453,21 +536,146 @@ impl H264Encoder {
     /// Ends the stream: every unit still inside comes out. The next frame
     /// starts a new stream (reopened encoder, IDR first).
     pub fn flush(&mut self) -> Result<Vec<AccessUnit>, H264Error> {
-        if self.flushed {
+        let Some(mut encoder) = self.encoder.take() else {
             return Ok(Vec::new());
-        }
-        self.encoder.send_eof().map_err(lib("flush"))?;
+        };
+        self.unreceived = false;
+        self.inside = 0;
+        encoder.send_eof().map_err(lib("flush"))?;
         let mut units = Vec::new();
         loop {
             let mut packet = ff::Packet::empty();
-            match self.encoder.receive_packet(&mut packet) {
+            match encoder.receive_packet(&mut packet) {
                 Ok(()) => units.push(AccessUnit { packet }),
                 Err(ff::Error::Eof) => break,
                 Err(e) => return Err(lib("flush")(e)),
             }
         }
-        self.flushed = true;
-        self.unreceived = false;
         Ok(units)
+    }
+
+    /// Drops the frames inside the codec without coding them (a flush or
+    /// seek of the stream): the encoder is closed, and the next frame
+    /// starts a new stream (reopened encoder, IDR first).
+    pub fn discard(&mut self) {
+        self.encoder = None;
+        self.unreceived = false;
+        self.inside = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A moving gradient, so that frames differ.
+    fn frame(raw: &Format, n: usize) -> Vec<u8> {
+        (0..raw.size).map(|i| ((i + 7 * n) % 251) as u8).collect()
+    }
+
+    /// Codes `n` frames, taking the units out after each as the firmware
+    /// does, then flushes; returns the units' pts and key flags.
+    fn code(
+        enc: &mut H264Encoder,
+        raw: &Format,
+        n: usize,
+        idr_at: Option<usize>,
+    ) -> Vec<(i64, bool)> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            enc.encode(&frame(raw, i), i as i64, idr_at == Some(i))
+                .unwrap();
+            while let Some(u) = enc.receive().unwrap() {
+                out.push((u.pts(), u.keyframe()));
+            }
+        }
+        out.extend(enc.flush().unwrap().iter().map(|u| (u.pts(), u.keyframe())));
+        out
+    }
+
+    fn raw() -> Format {
+        Format::raw(PixelFormat::I420, 320, 240).unwrap()
+    }
+
+    #[test]
+    fn the_derived_delay_is_what_the_codec_holds() {
+        let raw = raw();
+        for low_latency in [true, false] {
+            let params = H264Params {
+                low_latency,
+                ..H264Params::default()
+            };
+            let mut enc = H264Encoder::new(&raw, params).unwrap();
+            let units = code(&mut enc, &raw, 20, None);
+            let pts: Vec<i64> = units.iter().map(|u| u.0).collect();
+            assert_eq!(pts, (0..20).collect::<Vec<_>>(), "every frame, in order");
+            // x264 holds exactly its maximum once enough frames came in.
+            assert_eq!(
+                enc.held_most(),
+                enc.max_delayed_frames(),
+                "low_latency={low_latency}"
+            );
+            if low_latency {
+                assert_eq!(enc.max_delayed_frames(), 0);
+            }
+        }
+    }
+
+    #[test]
+    fn throughput_mode_holds_frames_on_several_cpus() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let params = H264Params {
+            low_latency: false,
+            ..H264Params::default()
+        };
+        let d = delayed_frames(&params, 720);
+        if cpus > 1 {
+            // cpus * 1.5 frame threads, one more frame for sync lookahead.
+            assert_eq!(d, cpus * 3 / 2, "{cpus} CPUs");
+        } else {
+            assert_eq!(d, 0, "one CPU: one thread, nothing held");
+        }
+        // Tiny pictures get fewer threads (one per two macroblock rows).
+        assert!(delayed_frames(&params, 32) <= 1);
+    }
+
+    #[test]
+    fn discard_drops_held_frames_and_the_next_stream_starts_with_an_idr() {
+        let raw = raw();
+        let params = H264Params {
+            low_latency: false,
+            ..H264Params::default()
+        };
+        let mut enc = H264Encoder::new(&raw, params).unwrap();
+        let held = enc.max_delayed_frames() as usize;
+        let mut first = Vec::new();
+        for i in 0..held {
+            enc.encode(&frame(&raw, i), i as i64, false).unwrap();
+            while let Some(u) = enc.receive().unwrap() {
+                first.push(u.pts());
+            }
+        }
+        assert!(first.is_empty(), "the codec held the first {held} frames");
+        enc.discard();
+        let units = code(&mut enc, &raw, 3, None);
+        assert_eq!(
+            units.iter().map(|u| u.0).collect::<Vec<_>>(),
+            vec![0, 1, 2],
+            "only the frames after the discard"
+        );
+        assert!(units[0].1, "a new stream starts with an IDR");
+    }
+
+    #[test]
+    fn a_forced_idr_lands_on_its_frame_with_frame_threads() {
+        let raw = raw();
+        let params = H264Params {
+            low_latency: false,
+            ..H264Params::default()
+        };
+        let mut enc = H264Encoder::new(&raw, params).unwrap();
+        let units = code(&mut enc, &raw, 12, Some(7));
+        let keys: Vec<i64> = units.iter().filter(|u| u.1).map(|u| u.0).collect();
+        assert_eq!(keys, vec![0, 7]);
     }
 }

@@ -34,6 +34,10 @@ use crate::m2m::{Device, DeviceInfo, DeviceKind, M2mError, PixelFormat, Role, Se
 use crate::mem::{Checker, CheckerConfig, Coherency, Region};
 use crate::sys::{DmaBackend, EventFd};
 
+/// Most minimum OUTPUT buffers the host takes from the firmware (V4L2's
+/// `VIDEO_MAX_FRAME` is 64; an encoder holding more frames is broken).
+const MAX_MIN_OUTPUT_BUFFERS: u32 = 32;
+
 /// How often blocked host calls re-check the watchdog.
 pub(super) const POLL: Duration = Duration::from_millis(20);
 
@@ -87,6 +91,8 @@ impl Fault {
 pub(super) struct Inbox {
     pub(super) acks: HashMap<u32, (Status, String)>,
     pub(super) responses: VecDeque<Response>,
+    /// The session's minimum OUTPUT buffers, as the firmware last said.
+    pub(super) min_output: u32,
     pub(super) last_progress: Instant,
     pub(super) fault: Option<Fault>,
 }
@@ -104,6 +110,7 @@ impl Mailbox {
             inbox: Mutex::new(Inbox {
                 acks: HashMap::new(),
                 responses: VecDeque::new(),
+                min_output: 1,
                 last_progress: Instant::now(),
                 fault: None,
             }),
@@ -191,6 +198,13 @@ impl Core {
                 inbox.last_progress = Instant::now();
             }
             Ok(Response::SessionError { text }) => mailbox.fail(Fault::Firmware(text)),
+            // Taken here, not through `wait_event`: the command that changed
+            // it returns with it known (it comes before that command's ack).
+            Ok(Response::MinOutputBuffers { count }) => {
+                let mut inbox = lock(&mailbox.inbox);
+                inbox.min_output = count.clamp(1, MAX_MIN_OUTPUT_BUFFERS);
+                inbox.last_progress = Instant::now();
+            }
             Ok(other) => {
                 let mut inbox = lock(&mailbox.inbox);
                 inbox.responses.push_back(other);

@@ -306,8 +306,11 @@ impl EmuSession {
                     min_capture_buffers: st.min_capture,
                 })))
             }
-            // Acks are taken by `command`; errors never reach the queue.
-            Response::Ack { .. } | Response::SessionError { .. } => Ok(None),
+            // Acks and minimum counts are taken by `dispatch`; errors never
+            // reach the queue.
+            Response::Ack { .. }
+            | Response::SessionError { .. }
+            | Response::MinOutputBuffers { .. } => Ok(None),
         }
     }
 
@@ -649,6 +652,7 @@ impl Session for EmuSession {
             Control::MaxQp(v) => (ctrl::MAX_QP, v),
             Control::H264Profile(p) => (ctrl::H264_PROFILE, p as u32),
             Control::H264Level(l) => (ctrl::H264_LEVEL, l.map_or(ctrl::LEVEL_AUTO, |l| l.v4l2)),
+            Control::LowLatency(on) => (ctrl::LOW_LATENCY, u32::from(on)),
             Control::FrameRate { num, den } => {
                 if num == 0 || den == 0 {
                     return Err(M2mError::InvalidControl {
@@ -669,6 +673,7 @@ impl Session for EmuSession {
     fn min_buffers(&self, queue: QueueKind) -> u32 {
         match (self.role, queue) {
             (Role::Decoder, QueueKind::Capture) => lock(&self.state).min_capture,
+            (Role::Encoder, QueueKind::Output) => lock(&self.mailbox.inbox).min_output,
             _ => 1,
         }
     }
@@ -905,6 +910,28 @@ mod tests {
             sequence: 0,
             error: String::new(),
         }
+    }
+
+    /// The firmware's minimum OUTPUT count is untrusted: kept within 1..=32.
+    #[test]
+    fn min_output_buffers_from_the_firmware_are_bounded() {
+        let vpu = EmuVpu::new(EmuConfig {
+            backend: DmaBackend::Memfd,
+            ..EmuConfig::default()
+        })
+        .unwrap();
+        let s = vpu.open_session(Role::Encoder, PixelFormat::H264).unwrap();
+        assert_eq!(s.min_buffers(QueueKind::Output), 1);
+        for (count, want) in [(4, 4), (0, 1), (1_000_000, 32)] {
+            inject(&s, Response::MinOutputBuffers { count });
+            assert_eq!(
+                s.min_buffers(QueueKind::Output),
+                want,
+                "firmware said {count}"
+            );
+        }
+        // Not an event: nothing waits in the queue.
+        assert!(s.wait_event(Duration::ZERO).unwrap().is_none());
     }
 
     #[test]

@@ -13,8 +13,14 @@
 //! Unlike FWHT, input and output are decoupled: an OUTPUT buffer goes back as
 //! soon as the codec has taken the picture (the codec copies it), and units
 //! wait in `pending` for a CAPTURE buffer, so a codec that holds frames back
-//! (lookahead, frame threads) still fits. With the configuration used
-//! (`zerolatency`) every frame gives its unit at once.
+//! fits. With low latency (the default, `LOW_LATENCY` = 1) every frame gives
+//! its unit at once; in throughput mode (`LOW_LATENCY` = 0, x264 frame
+//! threads) the codec holds up to [`H264Engine::delayed_frames`] frames, and
+//! the session reports one more as its minimum OUTPUT buffers. Every frame
+//! still comes out, in order, with its timestamp: a drain takes the held
+//! units out before LAST; a control change takes them out before the codec
+//! is reopened with the new parameters (so they are coded with the old
+//! ones); an OUTPUT stream-off (flush, seek) discards them uncoded.
 //!
 //! # The firmware core's other sessions
 //!
@@ -134,6 +140,13 @@ impl H264Engine {
                     Some(H264Level::from_v4l2(value).ok_or_else(|| menu("H.264 level"))?)
                 };
             }
+            ctrl::LOW_LATENCY => {
+                p.low_latency = match value {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(format!("low-latency takes 0 or 1, got {value}")),
+                };
+            }
             ctrl::FRAME_RATE_MHZ => {
                 if value == 0 {
                     return Err("a frame rate of 0 is not a rate".into());
@@ -161,6 +174,14 @@ impl H264Engine {
         Ok(())
     }
 
+    /// The frames the codec may hold before a frame's unit comes out (0
+    /// before a format: no codec yet).
+    pub(crate) fn delayed_frames(&self) -> u32 {
+        self.codec
+            .as_ref()
+            .map_or(0, H264Encoder::max_delayed_frames)
+    }
+
     pub(crate) fn on_output_queued(&mut self, buf: &mut QueuedBuffer) {
         if std::mem::take(&mut self.force_next) {
             buf.flags.insert(BufferFlags::KEYFRAME);
@@ -174,12 +195,10 @@ impl H264Engine {
     pub(crate) fn stream_off(&mut self, queue: QueueKind) {
         match queue {
             QueueKind::Output => {
-                // A flush: what is inside the codec is dropped, the stream
-                // restarts with an IDR.
-                if let Some(codec) = self.codec.as_mut()
-                    && let Err(e) = codec.flush()
-                {
-                    log::warn!("H.264 encoder: flush on stream off: {e}");
+                // A flush: what is inside the codec is dropped uncoded, the
+                // stream restarts with an IDR.
+                if let Some(codec) = self.codec.as_mut() {
+                    codec.discard();
                 }
                 self.in_codec.clear();
                 self.pending.clear();

@@ -122,6 +122,15 @@ impl FwSession {
         })
     }
 
+    /// `V4L2_CID_MIN_BUFFERS_FOR_OUTPUT`: 1, plus the frames an encoder's
+    /// codec holds back.
+    fn min_output_buffers(&self) -> u32 {
+        match &self.engine {
+            Engine::H264Encoder(e) => 1 + e.delayed_frames(),
+            Engine::Decoder(_) | Engine::H264Decoder(_) | Engine::Encoder(_) => 1,
+        }
+    }
+
     fn queue_mut(&mut self, q: QueueKind) -> &mut FwQueue {
         match q {
             QueueKind::Output => &mut self.output,
@@ -130,7 +139,14 @@ impl FwSession {
     }
 
     pub(crate) fn command(&mut self, seq: u32, cmd: Command, faults: &Faults, outbox: &mut Outbox) {
-        let reply = match self.apply(cmd, faults, outbox) {
+        let min_output = self.min_output_buffers();
+        let applied = self.apply(cmd, faults, outbox);
+        // A changed minimum reaches the host before the acknowledgement.
+        let now = self.min_output_buffers();
+        if now != min_output {
+            outbox.post(self.id, seq, Response::MinOutputBuffers { count: now });
+        }
+        let reply = match applied {
             Ok(None) => return,
             Ok(Some(())) => Response::Ack {
                 status: Status::Ok,
@@ -463,6 +479,7 @@ pub(crate) fn control_name(id: u32) -> &'static str {
         ctrl::H264_PROFILE => "h264-profile",
         ctrl::H264_LEVEL => "h264-level",
         ctrl::FRAME_RATE_MHZ => "frame-rate",
+        ctrl::LOW_LATENCY => "low-latency",
         _ => "unknown",
     }
 }
