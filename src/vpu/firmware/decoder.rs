@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use super::Faults;
 use super::decode::{announce_capture_format, raw_format, set_output_format};
 use super::drain::Drain;
+use super::engine::CodecEngine;
 use super::session::{FwQueue, QueuedBuffer, Sink};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::fwht::{self, FrameScanner, FwhtDecoder, FwhtHeader};
@@ -84,16 +85,22 @@ impl Default for Decoder {
     }
 }
 
-impl Decoder {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn set_format(
+impl CodecEngine for Decoder {
+    fn drain(&mut self) -> &mut Drain {
+        &mut self.drain
+    }
+
+    fn output_needs_format(&self) -> bool {
+        false
+    }
+
+    fn set_format(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
         queue: QueueKind,
         pixfmt: PixelFormat,
-        width: u32,
-        height: u32,
+        (width, height): (u32, u32),
         colorimetry: Colorimetry,
     ) -> Result<(), String> {
         match queue {
@@ -133,25 +140,25 @@ impl Decoder {
     /// it), instead of vicodec's: the codec writes every visible sample into
     /// it and leaves out the padding the layout lacks. A source change or a
     /// new format sets vicodec's layout again.
-    pub(crate) fn set_layout(
+    fn set_layout(
         &mut self,
         capture: &mut FwQueue,
         queue: QueueKind,
         format: Format,
-    ) -> Result<(), String> {
+    ) -> Option<Result<(), String>> {
         if queue != QueueKind::Capture {
-            return Err("the decoder's OUTPUT queue carries a bitstream, not planes".into());
+            return Some(Err(
+                "the decoder's OUTPUT queue carries a bitstream, not planes".into(),
+            ));
         }
-        fwht::check_output_layout(&format).map_err(|e| e.to_string())?;
-        capture.format = Some(format);
-        Ok(())
+        let checked = fwht::check_output_layout(&format).map_err(|e| e.to_string());
+        if checked.is_ok() {
+            capture.format = Some(format);
+        }
+        Some(checked)
     }
 
-    pub(crate) fn stream_on(&mut self, queue: QueueKind) {
-        self.drain.stream_on(queue);
-    }
-
-    pub(crate) fn stream_off(&mut self, queue: QueueKind) {
+    fn flush(&mut self, queue: QueueKind) {
         if queue == QueueKind::Output {
             // Flush: forget all bitstream; resume at the next key frame.
             self.scanner.reset();
@@ -160,19 +167,10 @@ impl Decoder {
             self.codec.reset();
             self.need_keyframe = self.stream.is_some();
         }
-        self.drain.stream_off(queue);
-    }
-
-    pub(crate) fn stop(&mut self, output: &FwQueue) {
-        self.drain.stop(output);
-    }
-
-    pub(crate) fn start(&mut self) {
-        self.drain.start();
     }
 
     /// One unit of work; false when nothing more can happen now.
-    pub(crate) fn step(
+    fn step(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
@@ -230,7 +228,9 @@ impl Decoder {
         }
         false
     }
+}
 
+impl Decoder {
     fn source_change(&mut self, info: StreamInfo, capture: &mut FwQueue, sink: &mut Sink<'_>) {
         // Mid-stream: the last buffer of the old format is flagged LAST.
         if self.stream.is_some() {

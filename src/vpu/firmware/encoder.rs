@@ -9,6 +9,7 @@
 use super::Faults;
 use super::drain::Drain;
 use super::encode::{capture_done, output_done, raw_frame, set_capture_format};
+use super::engine::CodecEngine;
 use super::session::{FwQueue, QueuedBuffer, Sink, control_name};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::fwht::{EncoderParams, FwhtEncoder};
@@ -22,16 +23,18 @@ pub(crate) struct Encoder {
     force_next: bool,
 }
 
-impl Encoder {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn set_format(
+impl CodecEngine for Encoder {
+    fn drain(&mut self) -> &mut Drain {
+        &mut self.drain
+    }
+
+    fn set_format(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
         queue: QueueKind,
         pixfmt: PixelFormat,
-        width: u32,
-        height: u32,
+        (width, height): (u32, u32),
         colorimetry: Colorimetry,
     ) -> Result<(), String> {
         match queue {
@@ -61,7 +64,7 @@ impl Encoder {
         Ok(())
     }
 
-    pub(crate) fn set_control(&mut self, id: u32, value: u32) -> Result<(), String> {
+    fn set_control(&mut self, id: u32, value: u32) -> Result<(), String> {
         let mut params = self.params;
         match id {
             ctrl::GOP_SIZE => params.gop_size = value,
@@ -90,37 +93,24 @@ impl Encoder {
         Ok(())
     }
 
-    pub(crate) fn on_output_queued(&mut self, buf: &mut QueuedBuffer) {
+    fn on_output_queued(&mut self, buf: &mut QueuedBuffer) {
         if std::mem::take(&mut self.force_next) {
             buf.flags.insert(BufferFlags::KEYFRAME);
         }
     }
 
-    pub(crate) fn stream_on(&mut self, queue: QueueKind) {
-        self.drain.stream_on(queue);
-    }
-
-    pub(crate) fn stream_off(&mut self, queue: QueueKind) {
+    fn flush(&mut self, queue: QueueKind) {
         if queue == QueueKind::Output
             && let Some(codec) = self.codec.as_mut()
         {
             // After a flush the stream restarts with a key frame.
             codec.force_keyframe();
         }
-        self.drain.stream_off(queue);
-    }
-
-    pub(crate) fn stop(&mut self, output: &FwQueue) {
-        self.drain.stop(output);
-    }
-
-    pub(crate) fn start(&mut self) {
-        self.drain.start();
     }
 
     /// One unit of work (a frame coded, or the drain finished); false when
     /// nothing more can happen now.
-    pub(crate) fn step(
+    fn step(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
@@ -139,7 +129,9 @@ impl Encoder {
         }
         self.drain.drained() && self.drain.finish(capture, sink)
     }
+}
 
+impl Encoder {
     fn encode(
         &mut self,
         src: QueuedBuffer,

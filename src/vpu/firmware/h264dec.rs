@@ -29,6 +29,7 @@ use std::collections::{HashMap, VecDeque};
 use super::Faults;
 use super::decode::{announce_capture_format, raw_format, set_output_format};
 use super::drain::Drain;
+use super::engine::CodecEngine;
 use super::session::{FwQueue, QueuedBuffer, Sink};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::h264::nal::{self, nal_type};
@@ -130,16 +131,22 @@ pub(crate) struct H264Dec {
     eof_sent: bool,
 }
 
-impl H264Dec {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn set_format(
+impl CodecEngine for H264Dec {
+    fn drain(&mut self) -> &mut Drain {
+        &mut self.drain
+    }
+
+    fn output_needs_format(&self) -> bool {
+        false
+    }
+
+    fn set_format(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
         queue: QueueKind,
         pixfmt: PixelFormat,
-        width: u32,
-        height: u32,
+        (width, height): (u32, u32),
         colorimetry: Colorimetry,
     ) -> Result<(), String> {
         match queue {
@@ -172,11 +179,7 @@ impl H264Dec {
         Ok(())
     }
 
-    pub(crate) fn stream_on(&mut self, queue: QueueKind) {
-        self.drain.stream_on(queue);
-    }
-
-    pub(crate) fn stream_off(&mut self, queue: QueueKind) {
+    fn flush(&mut self, queue: QueueKind) {
         if queue == QueueKind::Output {
             // Flush (seek): forget every unit, picture and reference.
             self.units.clear();
@@ -187,18 +190,9 @@ impl H264Dec {
             }
             self.eof_sent = false;
         }
-        self.drain.stream_off(queue);
     }
 
-    pub(crate) fn stop(&mut self, output: &FwQueue) {
-        self.drain.stop(output);
-    }
-
-    pub(crate) fn start(&mut self) {
-        self.drain.start();
-    }
-
-    pub(crate) fn step(
+    fn step(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
@@ -250,7 +244,9 @@ impl H264Dec {
         }
         false
     }
+}
 
+impl H264Dec {
     fn decoder(&mut self) -> Result<&mut H264Decoder, String> {
         if self.codec.is_none() {
             self.codec = Some(H264Decoder::new(decoder_threads()).map_err(|e| e.to_string())?);

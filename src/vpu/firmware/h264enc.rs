@@ -44,6 +44,7 @@ use std::collections::VecDeque;
 use super::Faults;
 use super::drain::Drain;
 use super::encode::{capture_done, output_done, raw_frame, set_capture_format};
+use super::engine::CodecEngine;
 use super::session::{FwQueue, QueuedBuffer, Sink, control_name};
 use crate::m2m::{
     BitrateMode, BufferFlags, Colorimetry, Format, H264Level, H264Profile, PixelFormat, QueueKind,
@@ -79,16 +80,18 @@ pub(crate) struct H264Engine {
     pending: VecDeque<Pending>,
 }
 
-impl H264Engine {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn set_format(
+impl CodecEngine for H264Engine {
+    fn drain(&mut self) -> &mut Drain {
+        &mut self.drain
+    }
+
+    fn set_format(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
         queue: QueueKind,
         pixfmt: PixelFormat,
-        width: u32,
-        height: u32,
+        (width, height): (u32, u32),
         colorimetry: Colorimetry,
     ) -> Result<(), String> {
         match queue {
@@ -117,7 +120,7 @@ impl H264Engine {
         Ok(())
     }
 
-    pub(crate) fn set_control(&mut self, id: u32, value: u32) -> Result<(), String> {
+    fn set_control(&mut self, id: u32, value: u32) -> Result<(), String> {
         let mut p = self.params;
         let menu = |what: &str| format!("{value} is not a {what} menu index");
         match id {
@@ -174,25 +177,22 @@ impl H264Engine {
         Ok(())
     }
 
-    /// The frames the codec may hold before a frame's unit comes out (0
-    /// before a format: no codec yet).
-    pub(crate) fn delayed_frames(&self) -> u32 {
-        self.codec
+    /// 1, plus the frames the codec may hold before a frame's unit comes
+    /// out (none before a format: no codec yet).
+    fn min_output_buffers(&self) -> u32 {
+        1 + self
+            .codec
             .as_ref()
             .map_or(0, H264Encoder::max_delayed_frames)
     }
 
-    pub(crate) fn on_output_queued(&mut self, buf: &mut QueuedBuffer) {
+    fn on_output_queued(&mut self, buf: &mut QueuedBuffer) {
         if std::mem::take(&mut self.force_next) {
             buf.flags.insert(BufferFlags::KEYFRAME);
         }
     }
 
-    pub(crate) fn stream_on(&mut self, queue: QueueKind) {
-        self.drain.stream_on(queue);
-    }
-
-    pub(crate) fn stream_off(&mut self, queue: QueueKind) {
+    fn flush(&mut self, queue: QueueKind) {
         match queue {
             QueueKind::Output => {
                 // A flush: what is inside the codec is dropped uncoded, the
@@ -205,49 +205,18 @@ impl H264Engine {
             }
             QueueKind::Capture => self.pending.clear(),
         }
-        self.drain.stream_off(queue);
     }
 
-    pub(crate) fn stop(&mut self, output: &FwQueue) {
-        if self.drain.stop(output) {
+    fn stop(&mut self, output: &FwQueue) -> bool {
+        let started = self.drain.stop(output);
+        if started {
             self.drain_flushed = false;
         }
-    }
-
-    pub(crate) fn start(&mut self) {
-        self.drain.start();
-    }
-
-    /// The units the codec gave back, matched with their frames' timestamps.
-    fn take_units(&mut self, units: Vec<AccessUnit>) {
-        for unit in units {
-            let pts = unit.pts();
-            // Frames leave in order (no B-frames); skip any the codec dropped.
-            let mut timestamp = 0;
-            while let Some((p, ts)) = self.in_codec.pop_front() {
-                if p == pts {
-                    timestamp = ts;
-                    break;
-                }
-                log::warn!("H.264 encoder: the codec dropped frame {p}");
-            }
-            self.pending.push_back(Pending::Unit { unit, timestamp });
-        }
-    }
-
-    fn receive_all(&mut self) -> Result<(), String> {
-        let mut units = Vec::new();
-        if let Some(codec) = self.codec.as_mut() {
-            while let Some(u) = codec.receive().map_err(|e| e.to_string())? {
-                units.push(u);
-            }
-        }
-        self.take_units(units);
-        Ok(())
+        started
     }
 
     /// One unit of work; false when nothing more can happen now.
-    pub(crate) fn step(
+    fn step(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
@@ -291,6 +260,36 @@ impl H264Engine {
             return self.drain.finish(capture, sink);
         }
         false
+    }
+}
+
+impl H264Engine {
+    /// The units the codec gave back, matched with their frames' timestamps.
+    fn take_units(&mut self, units: Vec<AccessUnit>) {
+        for unit in units {
+            let pts = unit.pts();
+            // Frames leave in order (no B-frames); skip any the codec dropped.
+            let mut timestamp = 0;
+            while let Some((p, ts)) = self.in_codec.pop_front() {
+                if p == pts {
+                    timestamp = ts;
+                    break;
+                }
+                log::warn!("H.264 encoder: the codec dropped frame {p}");
+            }
+            self.pending.push_back(Pending::Unit { unit, timestamp });
+        }
+    }
+
+    fn receive_all(&mut self) -> Result<(), String> {
+        let mut units = Vec::new();
+        if let Some(codec) = self.codec.as_mut() {
+            while let Some(u) = codec.receive().map_err(|e| e.to_string())? {
+                units.push(u);
+            }
+        }
+        self.take_units(units);
+        Ok(())
     }
 
     fn emit(&mut self, p: Pending, dst: QueuedBuffer, sink: &mut Sink<'_>) {

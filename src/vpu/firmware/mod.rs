@@ -17,6 +17,7 @@ mod decoder;
 mod drain;
 mod encode;
 mod encoder;
+mod engine;
 mod h264dec;
 mod h264enc;
 mod session;

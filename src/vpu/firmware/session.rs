@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use super::decoder::Decoder;
 use super::encoder::Encoder;
+use super::engine::CodecEngine;
 use super::h264dec::H264Dec;
 use super::h264enc::H264Engine;
 use super::{Faults, Outbox};
@@ -41,14 +42,6 @@ pub(crate) struct FwQueue {
     pub buffers: VecDeque<QueuedBuffer>,
 }
 
-/// The engine of a session.
-enum Engine {
-    Decoder(Box<Decoder>),
-    H264Decoder(Box<H264Dec>),
-    Encoder(Box<Encoder>),
-    H264Encoder(Box<H264Engine>),
-}
-
 pub(crate) struct FwSession {
     pub id: u32,
     pub output: FwQueue,
@@ -56,7 +49,7 @@ pub(crate) struct FwSession {
     /// Regions the host mapped for this session: handle -> region.
     mapped: HashMap<u32, Arc<Region>>,
     iommu: Arc<Iommu>,
-    engine: Engine,
+    engine: Box<dyn CodecEngine>,
 }
 
 /// Where a session sends what it produces.
@@ -102,11 +95,11 @@ impl FwSession {
         codec: u32,
         iommu: Arc<Iommu>,
     ) -> Result<FwSession, String> {
-        let engine = match (PixelFormat::from_fourcc(codec), role) {
-            (Some(PixelFormat::Fwht), Role::Decoder) => Engine::Decoder(Box::default()),
-            (Some(PixelFormat::Fwht), Role::Encoder) => Engine::Encoder(Box::default()),
-            (Some(PixelFormat::H264), Role::Encoder) => Engine::H264Encoder(Box::default()),
-            (Some(PixelFormat::H264), Role::Decoder) => Engine::H264Decoder(Box::default()),
+        let engine: Box<dyn CodecEngine> = match (PixelFormat::from_fourcc(codec), role) {
+            (Some(PixelFormat::Fwht), Role::Decoder) => Box::<Decoder>::default(),
+            (Some(PixelFormat::Fwht), Role::Encoder) => Box::<Encoder>::default(),
+            (Some(PixelFormat::H264), Role::Encoder) => Box::<H264Engine>::default(),
+            (Some(PixelFormat::H264), Role::Decoder) => Box::<H264Dec>::default(),
             _ => {
                 let name = String::from_utf8_lossy(&codec.to_le_bytes()).into_owned();
                 return Err(format!("this VPU has no {role} for {name:?}"));
@@ -122,13 +115,8 @@ impl FwSession {
         })
     }
 
-    /// `V4L2_CID_MIN_BUFFERS_FOR_OUTPUT`: 1, plus the frames an encoder's
-    /// codec holds back.
     fn min_output_buffers(&self) -> u32 {
-        match &self.engine {
-            Engine::H264Encoder(e) => 1 + e.delayed_frames(),
-            Engine::Decoder(_) | Engine::H264Decoder(_) | Engine::Encoder(_) => 1,
-        }
+        self.engine.min_output_buffers()
     }
 
     fn queue_mut(&mut self, q: QueueKind) -> &mut FwQueue {
@@ -183,45 +171,16 @@ impl FwSession {
                 if self.queue_mut(queue).streaming {
                     return Err((Status::BadState, format!("{queue} is streaming")));
                 }
-                match &mut self.engine {
-                    Engine::Decoder(d) => d.set_format(
+                self.engine
+                    .set_format(
                         &mut self.output,
                         &mut self.capture,
                         queue,
                         pixfmt,
-                        width,
-                        height,
+                        (width, height),
                         colorimetry,
-                    ),
-                    Engine::H264Decoder(d) => d.set_format(
-                        &mut self.output,
-                        &mut self.capture,
-                        queue,
-                        pixfmt,
-                        width,
-                        height,
-                        colorimetry,
-                    ),
-                    Engine::Encoder(e) => e.set_format(
-                        &mut self.output,
-                        &mut self.capture,
-                        queue,
-                        pixfmt,
-                        width,
-                        height,
-                        colorimetry,
-                    ),
-                    Engine::H264Encoder(e) => e.set_format(
-                        &mut self.output,
-                        &mut self.capture,
-                        queue,
-                        pixfmt,
-                        width,
-                        height,
-                        colorimetry,
-                    ),
-                }
-                .map_err(bad)?;
+                    )
+                    .map_err(bad)?;
                 Ok(Some(()))
             }
             Command::MapRegion { handle, size } => {
@@ -302,69 +261,38 @@ impl FwSession {
                     flags,
                 };
                 if queue == QueueKind::Output {
-                    match &mut self.engine {
-                        Engine::Encoder(e) => e.on_output_queued(&mut buf),
-                        Engine::H264Encoder(e) => e.on_output_queued(&mut buf),
-                        Engine::Decoder(_) | Engine::H264Decoder(_) => {}
-                    }
+                    self.engine.on_output_queued(&mut buf);
                 }
                 self.queue_mut(queue).buffers.push_back(buf);
                 Ok(None)
             }
             Command::StreamOn { queue } => {
                 if self.queue_mut(queue).format.is_none()
-                    && !(queue == QueueKind::Output
-                        && matches!(self.engine, Engine::Decoder(_) | Engine::H264Decoder(_)))
+                    && (queue == QueueKind::Capture || self.engine.output_needs_format())
                 {
                     return Err((Status::BadState, format!("{queue} has no format")));
                 }
                 self.queue_mut(queue).streaming = true;
-                match &mut self.engine {
-                    Engine::Decoder(d) => d.stream_on(queue),
-                    Engine::H264Decoder(d) => d.stream_on(queue),
-                    Engine::Encoder(e) => e.stream_on(queue),
-                    Engine::H264Encoder(e) => e.stream_on(queue),
-                }
+                self.engine.stream_on(queue);
                 Ok(Some(()))
             }
             Command::StreamOff { queue } => {
                 let q = self.queue_mut(queue);
                 q.streaming = false;
                 q.buffers.clear();
-                match &mut self.engine {
-                    Engine::Decoder(d) => d.stream_off(queue),
-                    Engine::H264Decoder(d) => d.stream_off(queue),
-                    Engine::Encoder(e) => e.stream_off(queue),
-                    Engine::H264Encoder(e) => e.stream_off(queue),
-                }
+                self.engine.stream_off(queue);
                 Ok(Some(()))
             }
             Command::Stop => {
-                match &mut self.engine {
-                    Engine::Decoder(d) => d.stop(&self.output),
-                    Engine::H264Decoder(d) => d.stop(&self.output),
-                    Engine::Encoder(e) => e.stop(&self.output),
-                    Engine::H264Encoder(e) => e.stop(&self.output),
-                }
+                self.engine.stop(&self.output);
                 Ok(Some(()))
             }
             Command::Start => {
-                match &mut self.engine {
-                    Engine::Decoder(d) => d.start(),
-                    Engine::H264Decoder(d) => d.start(),
-                    Engine::Encoder(e) => e.start(),
-                    Engine::H264Encoder(e) => e.start(),
-                }
+                self.engine.start();
                 Ok(Some(()))
             }
             Command::SetControl { id, value } => {
-                match &mut self.engine {
-                    Engine::Encoder(e) => e.set_control(id, value).map_err(bad)?,
-                    Engine::H264Encoder(e) => e.set_control(id, value).map_err(bad)?,
-                    Engine::Decoder(_) | Engine::H264Decoder(_) => {
-                        return Err(bad(format!("control {id} does not apply to a decoder")));
-                    }
-                }
+                self.engine.set_control(id, value).map_err(bad)?;
                 Ok(Some(()))
             }
             Command::SetLayout {
@@ -416,22 +344,13 @@ impl FwSession {
                         rows: p.rows as usize,
                     })
                     .collect();
-                match &mut self.engine {
-                    Engine::Decoder(d) => d.set_layout(&mut self.capture, queue, format),
-                    Engine::H264Decoder(_) => {
-                        return Err((
-                            Status::Unsupported,
-                            "the H.264 decoder writes frames in its own CAPTURE layout only".into(),
-                        ));
-                    }
-                    Engine::Encoder(_) | Engine::H264Encoder(_) => {
-                        return Err((
-                            Status::Unsupported,
-                            "an encoder reads frames in its own layout only".into(),
-                        ));
-                    }
-                }
-                .map_err(bad)?;
+                self.engine
+                    .set_layout(&mut self.capture, queue, format)
+                    .ok_or((
+                        Status::Unsupported,
+                        "this engine reads and writes frames in its own layout only".to_owned(),
+                    ))?
+                    .map_err(bad)?;
                 Ok(Some(()))
             }
             Command::Open { .. } | Command::Close => unreachable_command(),
@@ -444,16 +363,8 @@ impl FwSession {
             id: self.id,
             outbox,
         };
-        match &mut self.engine {
-            Engine::Decoder(d) => d.step(&mut self.output, &mut self.capture, faults, &mut sink),
-            Engine::H264Decoder(d) => {
-                d.step(&mut self.output, &mut self.capture, faults, &mut sink)
-            }
-            Engine::Encoder(e) => e.step(&mut self.output, &mut self.capture, faults, &mut sink),
-            Engine::H264Encoder(e) => {
-                e.step(&mut self.output, &mut self.capture, faults, &mut sink)
-            }
-        }
+        self.engine
+            .step(&mut self.output, &mut self.capture, faults, &mut sink)
     }
 }
 
