@@ -299,6 +299,9 @@ struct Row {
     element: f64,
     /// Median of the pairs' element/bare frames/s.
     ratio: f64,
+    /// The pairs' first and third quartile of that ratio: the spread the
+    /// machine's noise gives it.
+    ratio_quartiles: (f64, f64),
     /// Median of the pairs' bare/element CPU time per frame.
     cpu_ratio: f64,
     /// The element's last run; its `cpu` and `start` are the runs' medians.
@@ -350,6 +353,7 @@ fn paired(
         bare: median(bare_fps),
         bare_cpu: median(bare_cpu),
         element: median(elem_fps),
+        ratio_quartiles: quartiles(&ratios),
         ratio: median(ratios),
         cpu_ratio: median(cpu_ratios),
         run,
@@ -366,14 +370,23 @@ fn element_alone(launch: &str, n: usize, runs: usize) -> f64 {
     )
 }
 
+/// First and third quartile of `v` (nearest rank).
+fn quartiles(v: &[f64]) -> (f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.75))
+}
+
 fn print_row(r: &Row) {
     let n = r.run.frames_out.max(1) as f64;
     println!(
-        "{:<27} {:>9.1} {:>9.1} {:>6.3} {:>8.2} {:>8.2} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.3} {:>7.0} {:>6.1}  {}",
+        "{:<27} {:>9.1} {:>9.1} {:>6.3} {:>11} {:>8.2} {:>8.2} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>6.3} {:>7.0} {:>6.1}  {}",
         r.label,
         r.bare,
         r.element,
         r.ratio,
+        format!("{:.2}-{:.2}", r.ratio_quartiles.0, r.ratio_quartiles.1),
         r.run.copies as f64 / n,
         r.run.syncs as f64 / n,
         1e6 / r.bare,
@@ -485,11 +498,12 @@ fn main() {
     );
     println!("load average before: {}", loadavg());
     println!(
-        "{:<27} {:>9} {:>9} {:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}",
+        "{:<27} {:>9} {:>9} {:>6} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6}",
         "size / pipeline",
         "bare",
         "element",
         "ratio",
+        "ratio q1-q3",
         "copies/f",
         "syncs/f",
         "bare us",
@@ -501,7 +515,8 @@ fn main() {
         "start"
     );
     println!(
-        "  (bare/element: frames/s; ratio: element/bare, per pair; bare us, elem us: wall time per frame;\n   \
+        "  (bare/element: frames/s; ratio: element/bare, per pair; ratio q1-q3: the pairs'\n   \
+         first and third quartile of it, the spread the machine gives; bare us, elem us: wall time per frame;\n   \
          bare cpu: CPU time of the bare codec per frame (its one thread); elem cpu: CPU time\n   \
          of the process per frame, all threads; cpu r: bare cpu / elem cpu per pair, the ratio in CPU\n   \
          time, steadier than wall time on a loaded machine; vpu us: the element's\n   \
