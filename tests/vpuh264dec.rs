@@ -7,6 +7,8 @@
 
 use std::path::{Path, PathBuf};
 
+use gst::glib;
+use gst::glib::translate::IntoGlib;
 use gst::prelude::*;
 use gst_video::prelude::*;
 
@@ -205,6 +207,67 @@ fn x264_profiles_decode_exactly_as_avdec_h264() {
         }
         pipeline.set_state(gst::State::Null).unwrap();
     }
+}
+
+/// The decoder's CAPTURE buffers are persistent (plugins/decoder/pool.rs):
+/// over a reordered High stream longer than the CAPTURE allocation, the
+/// frames come in as the same few memories again, at most one per CAPTURE
+/// buffer, and still decode exactly as avdec_h264 (checked by
+/// [`assert_same_as_avdec`] on the same stream).
+#[test]
+fn capture_buffers_are_reused_frame_after_frame() {
+    init();
+    let coded = encode("high", 320, 240, 60, "bframes=2 key-int-max=30");
+    assert_same_as_avdec(&coded, "high 320x240, 60 frames")
+        .set_state(gst::State::Null)
+        .unwrap();
+    let pipeline = launch(
+        "appsrc name=src format=time ! h264parse ! vpuh264dec name=dec device=emu \
+         ! video/x-raw,format=I420 ! appsink name=sink sync=false",
+    );
+    let src = pipeline.by_name("src").unwrap();
+    src.set_property("caps", &coded.caps);
+    let sink = pipeline.by_name("sink").unwrap();
+    pipeline.set_state(gst::State::Playing).unwrap();
+    for b in &coded.units {
+        assert_eq!(
+            src.emit_by_name::<gst::FlowReturn>("push-buffer", &[b]),
+            gst::FlowReturn::Ok
+        );
+    }
+    let _ = src.emit_by_name::<gst::FlowReturn>("end-of-stream", &[]);
+    // A per-memory cache, as kmssink keeps its framebuffers: qdata on the
+    // GstMemory, which a memory made anew for each frame never carries.
+    let seen = glib::Quark::from_str("vpuh264dec-test-seen");
+    let (mut frames, mut fresh) = (0, 0);
+    while let Some(sample) = try_pull_sample(&sink) {
+        let memory = sample.buffer().unwrap().peek_memory(0).as_mut_ptr();
+        // SAFETY: the sample holds the buffer and its memory; qdata is set
+        // and read with GStreamer's own mini-object calls.
+        unsafe {
+            let object = memory as *mut gst::ffi::GstMiniObject;
+            if gst::ffi::gst_mini_object_get_qdata(object, seen.into_glib()).is_null() {
+                fresh += 1;
+                gst::ffi::gst_mini_object_set_qdata(
+                    object,
+                    seen.into_glib(),
+                    1usize as glib::ffi::gpointer,
+                    None,
+                );
+            }
+        }
+        frames += 1;
+    }
+    assert_no_error(&pipeline);
+    let st = stats(&pipeline.by_name("dec").unwrap());
+    pipeline.set_state(gst::State::Null).unwrap();
+    assert_eq!(frames, 60, "{st}");
+    let capture = stat(&st, "capture-buffers");
+    assert!(
+        fresh <= capture && fresh < 60,
+        "{fresh} memories seen for the first time in 60 frames, {capture} CAPTURE buffers: {st}"
+    );
+    assert_eq!(stat(&st, "frame-copies"), 0, "{st}");
 }
 
 fn temp_file(name: &str) -> PathBuf {
