@@ -165,7 +165,6 @@ fn each_capture_slot_sends_the_same_buffer_and_nothing_downstream_added_comes_ba
     for (i, s) in seen.iter().enumerate() {
         assert_eq!(s.picture, Ok(()), "frame {i}: the bare codec's picture");
         assert_ne!(s.region, 0, "frame {i}: the VPU's own memory");
-        assert!(s.writable, "frame {i}: the sink owns the buffer alone");
         assert!(
             !s.marker && !s.reference_meta && s.offset_end != 12345,
             "frame {i}: what downstream added to the buffer before is gone: {s:?}"
@@ -174,6 +173,31 @@ fn each_capture_slot_sends_the_same_buffer_and_nothing_downstream_added_comes_ba
         assert_eq!(s.size, s.region_size, "frame {i}: the whole region: {s:?}");
         assert!(s.pts.is_some(), "frame {i}: a timestamp of its own");
     }
+    // A buffer usually reaches the sink as its only reference, and the probe
+    // then writes to it. Not always: this stream is unframed, and while the
+    // decoder parses a frame, gstreamer-rs's `parse` trampoline holds a
+    // reference to that frame; when the VPU finishes it before `parse`
+    // returns, the frame (and so its output buffer) is still referenced as
+    // the buffer is pushed. So count the resets this run really exercised:
+    // a buffer written to at one use and seen again later.
+    let mut written = HashSet::new();
+    let mut resets = 0;
+    for s in &seen {
+        if written.contains(&s.buffer) {
+            resets += 1;
+        }
+        if s.writable {
+            written.insert(s.buffer);
+        }
+    }
+    assert!(
+        seen.iter().filter(|s| s.writable).count() >= seen.len() / 2,
+        "the sink owns most buffers alone: {seen:?}"
+    );
+    assert!(
+        resets > 0,
+        "no buffer came back after downstream wrote to it"
+    );
     let pts: Vec<_> = seen.iter().map(|s| s.pts).collect();
     assert!(
         pts.windows(2).all(|w| w[0] < w[1]),
