@@ -7,8 +7,6 @@
 //! Alone in its test binary, the tests serialised: they count the regions of
 //! the process-wide emulated VPU, which other decoders would change.
 
-use std::time::{Duration, Instant};
-
 use gst::prelude::*;
 use gstrsvpu::m2m::{Format, PixelFormat};
 use gstrsvpu::vpu::codec::fwht::{EncoderParams, FwhtEncoder};
@@ -118,16 +116,7 @@ fn pull_all(sink: &gst::Element, parts: &[Part]) -> Vec<Seen> {
 /// (the pipeline is not dropped here): the VPU's buffers must go anyway.
 fn stop_and_check_regions(pipeline: &gst::Pipeline, baseline: usize) {
     pipeline.set_state(gst::State::Null).unwrap();
-    let vpu = gstrsvpu::emulated_vpu().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while vpu.mapped_regions() != baseline && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(
-        vpu.mapped_regions(),
-        baseline,
-        "every VPU region is freed at NULL"
-    );
+    assert_regions_freed(baseline);
 }
 
 /// Checks the frame sequence: N in, N out, each part at its own size, and

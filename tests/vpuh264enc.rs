@@ -380,6 +380,22 @@ fn force_key_unit_gives_an_idr_on_its_frame_in_throughput_mode() {
     force_key_unit(false);
 }
 
+/// Frame `i` of a 160x120 I420 stream at 25 fps: a pattern that changes
+/// with `i` (`k * a + i * b` mod 251 at byte `k`, for `(a, b) = mix`).
+fn qqvga_frame(i: u64, (a, b): (u64, u64)) -> gst::Buffer {
+    let mut buffer = gst::Buffer::with_size(160 * 120 * 3 / 2).unwrap();
+    {
+        let buf = buffer.get_mut().unwrap();
+        buf.set_pts(gst::ClockTime::from_mseconds(40 * i));
+        buf.set_duration(gst::ClockTime::from_mseconds(40));
+        let mut m = buf.map_writable().unwrap();
+        for (k, v) in m.iter_mut().enumerate() {
+            *v = ((k as u64 * a + i * b) % 251) as u8;
+        }
+    }
+    buffer
+}
+
 fn force_key_unit(low_latency: bool) {
     init();
     let mut h = gst_check::Harness::new("vpuh264enc");
@@ -388,19 +404,7 @@ fn force_key_unit(low_latency: bool) {
         .unwrap()
         .set_property("low-latency", low_latency);
     h.set_src_caps_str("video/x-raw,format=I420,width=160,height=120,framerate=25/1");
-    let frame = |i: u64| {
-        let mut b = gst::Buffer::with_size(160 * 120 * 3 / 2).unwrap();
-        {
-            let b = b.get_mut().unwrap();
-            b.set_pts(gst::ClockTime::from_mseconds(40 * i));
-            b.set_duration(gst::ClockTime::from_mseconds(40));
-            let mut m = b.map_writable().unwrap();
-            for (k, v) in m.iter_mut().enumerate() {
-                *v = ((k as u64 * 7 + i * 13) % 251) as u8;
-            }
-        }
-        b
-    };
+    let frame = |i: u64| qqvga_frame(i, (7, 13));
     for i in 0..4 {
         h.push(frame(i)).unwrap();
     }
@@ -500,19 +504,7 @@ fn a_flush_in_throughput_mode_discards_held_frames_cleanly() {
     let mut h = gst_check::Harness::new("vpuh264enc");
     h.element().unwrap().set_property("low-latency", false);
     h.set_src_caps_str("video/x-raw,format=I420,width=160,height=120,framerate=25/1");
-    let frame = |i: u64| {
-        let mut b = gst::Buffer::with_size(160 * 120 * 3 / 2).unwrap();
-        {
-            let b = b.get_mut().unwrap();
-            b.set_pts(gst::ClockTime::from_mseconds(40 * i));
-            b.set_duration(gst::ClockTime::from_mseconds(40));
-            let mut m = b.map_writable().unwrap();
-            for (k, v) in m.iter_mut().enumerate() {
-                *v = ((k as u64 * 3 + i * 11) % 251) as u8;
-            }
-        }
-        b
-    };
+    let frame = |i: u64| qqvga_frame(i, (3, 11));
     for i in 0..3 {
         h.push(frame(i)).unwrap();
     }

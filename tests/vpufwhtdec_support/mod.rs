@@ -221,3 +221,20 @@ pub fn assert_same_picture(
         }
     }
 }
+
+/// Waits (bounded, 5 s) for the emulated VPU's mapped-region count to come
+/// back to `baseline`, then asserts it did: every region of a stopped
+/// pipeline is freed, even while a sink still holds its last frame.
+#[allow(dead_code)] // Only the binaries that count regions use it.
+pub fn assert_regions_freed(baseline: usize) {
+    let vpu = gstrsvpu::emulated_vpu().expect("the emulated VPU");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while vpu.mapped_regions() != baseline && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        vpu.mapped_regions(),
+        baseline,
+        "every VPU region is freed at NULL"
+    );
+}
