@@ -511,6 +511,8 @@ fn resolve_colorspace(colorspace: u32, rgb: bool, width: u32, height: u32) -> u3
     match colorspace {
         v4l2::COLORSPACE_BT878 => v4l2::COLORSPACE_SMPTE170M,
         v4l2::COLORSPACE_SMPTE170M..=v4l2::COLORSPACE_DCI_P3 => colorspace,
+        v4l2::COLORSPACE_DEFAULT => guess_colorspace(rgb, width, height),
+        // A value newer than this table: as if unset.
         _ => guess_colorspace(rgb, width, height),
     }
 }

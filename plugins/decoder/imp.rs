@@ -38,6 +38,7 @@
 //! consumer pays no per-frame sync. `auto` is thus `cacheable` today: the
 //! reader decides what is paid, not a guess made at negotiation.
 
+use crate::common::stats::{VpuTime, checker_counts};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
@@ -141,8 +142,7 @@ struct Stats {
     decode_errors: u64,
     frame_copies: u64,
     bytes_copied: u64,
-    vpu_time: Duration,
-    vpu_frames: u64,
+    vpu_time: VpuTime,
 }
 
 /// How decoded frames leave the element (known after a source change).
@@ -592,9 +592,7 @@ impl VpuDec {
             return Ok(());
         };
         if let Some(t) = queued_at {
-            let mut stats = lock(&self.stats);
-            stats.vpu_time += t.elapsed();
-            stats.vpu_frames += 1;
+            lock(&self.stats).vpu_time.add(t.elapsed());
         }
         // Frames before this one the VPU never answered (bytes it could
         // not use before the stream's first frame): gone for good. Only in
@@ -875,20 +873,7 @@ impl VpuDec {
             ),
             None => (None, 0, 0, 0),
         };
-        let (syncs, violations) = checker
-            .map(|c| {
-                let s = c.stats();
-                (
-                    s.syncs_for_cpu + s.syncs_for_device,
-                    c.violation_count() as u64,
-                )
-            })
-            .unwrap_or((0, 0));
-        let per_frame = if stats.vpu_frames > 0 {
-            (stats.vpu_time.as_micros() / u128::from(stats.vpu_frames)) as u64
-        } else {
-            0
-        };
+        let (syncs, violations) = checker_counts(checker.as_deref());
         gst::Structure::builder(format!("{}-stats", self.codec().element))
             .field("frames-in", stats.frames_in)
             .field("frames-out", stats.frames_out)
@@ -900,7 +885,7 @@ impl VpuDec {
             .field("starvation-waits", starvation)
             .field("pool-grown", grown)
             .field("capture-buffers", u64::from(capture_buffers))
-            .field("vpu-time-per-frame-us", per_frame)
+            .field("vpu-time-per-frame-us", stats.vpu_time.mean_us())
             .build()
     }
 }

@@ -24,6 +24,7 @@
 //! element is held while waiting on the VPU, in `finish_frame` or in a
 //! `parent_*` call.
 
+use crate::common::stats::checker_counts;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -602,20 +603,7 @@ impl<C: Codec> EncoderBase<C> {
             .as_ref()
             .map_or("none", |st| st.engine.io().name());
         let checker = lock(&self.state).as_ref().map(|st| Arc::clone(&st.checker));
-        let (syncs, violations) = checker
-            .map(|c| {
-                let st = c.stats();
-                (
-                    st.syncs_for_device + st.syncs_for_cpu,
-                    c.violation_count() as u64,
-                )
-            })
-            .unwrap_or((0, 0));
-        let per_frame = if s.vpu_frames > 0 {
-            (s.vpu_time.as_micros() / u128::from(s.vpu_frames)) as u64
-        } else {
-            0
-        };
+        let (syncs, violations) = checker_counts(checker.as_deref());
         gst::Structure::builder(format!("{}-stats", C::ELEMENT))
             .field("frames-in", s.frames_in)
             .field("frames-out", s.frames_out)
@@ -625,7 +613,7 @@ impl<C: Codec> EncoderBase<C> {
             .field("import-maps", s.import_maps)
             .field("cache-syncs", syncs)
             .field("coherency-violations", violations)
-            .field("vpu-time-per-frame-us", per_frame)
+            .field("vpu-time-per-frame-us", s.vpu_time.mean_us())
             .field("output-io", io)
             .build()
     }

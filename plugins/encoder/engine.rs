@@ -28,6 +28,7 @@
 //! deadlock with the streaming thread, which waits on [`Shared`]'s condition
 //! variable (bounded) and is the one that pushes coded frames downstream.
 
+use crate::common::stats::VpuTime;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -101,9 +102,8 @@ pub(super) struct Stats {
     /// maps the region then): once per distinct upstream region when they
     /// fit the import slots.
     pub import_maps: u64,
-    /// Sum of queue-to-coded times, for the per-frame average.
-    pub vpu_time: Duration,
-    pub vpu_frames: u64,
+    /// Queue-to-coded times, for the per-frame average.
+    pub vpu_time: VpuTime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -674,9 +674,7 @@ fn on_capture(shared: &Shared, mut b: Buffer) -> Result<(), String> {
         };
         let mut inner = lock(&shared.inner);
         if let Some(t) = inner.queued_at.remove(&frame) {
-            let mut stats = lock(&shared.stats);
-            stats.vpu_time += t.elapsed();
-            stats.vpu_frames += 1;
+            lock(&shared.stats).vpu_time.add(t.elapsed());
         }
         inner.ready.push_back(coded);
     }
