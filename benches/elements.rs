@@ -45,7 +45,7 @@
 //!
 //! Per frame, also: wall time of each side, CPU time of each side (the bare
 //! codec's thread; all threads of the process during the element run, from
-//! `/proc/*/schedstat`) and their ratio, which a loaded machine disturbs far
+//! the thread and process CPU clocks) and their ratio, which a loaded machine disturbs far
 //! less than wall time, the element's `vpu-time-per-frame-us` (queue to
 //! done) and the start-up (PLAYING to the first frame at the sink). CPU time
 //! near the bare codec's and wall time well above it means the overhead is
@@ -81,7 +81,7 @@ use gstrsvpu::m2m::{Format, PixelFormat, PlaneLayout};
 use gstrsvpu::vpu::codec::fwht::{EncoderParams, FwhtDecoder, FwhtEncoder};
 
 mod common;
-use common::{Plan, capture, cpu_secs, loadavg, median, plan, raw_caps, wait_eos};
+use common::{Plan, capture, cpu_secs, loadavg, median, plan, raw_caps, thread_cpu_secs, wait_eos};
 
 /// `buf` re-laid per `raw`: vicodec strides, padding zeroed.
 fn to_layout(buf: &gst::Buffer, info: &gst_video::VideoInfo, raw: &Format) -> Vec<u8> {
@@ -263,15 +263,6 @@ fn run_pipeline(launch: &str, feed: Option<&[gst::Buffer]>) -> ElementRun {
     };
     pipeline.set_state(gst::State::Null).expect("NULL");
     run
-}
-
-/// CPU time this thread has consumed so far, seconds
-/// (`/proc/thread-self/schedstat`).
-fn thread_cpu_secs() -> f64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0.0, |ns| ns as f64 / 1e9)
 }
 
 /// One run of the bare codec `f` over `n` frames: frames/s and CPU time

@@ -13,7 +13,7 @@
 //! READY first, the clock runs from PLAYING to EOS on the bus.
 //!
 //! Per row: frames/s (wall) and CPU milliseconds per frame (all threads of
-//! the process, from `/proc/self/task/*/schedstat`, read at EOS), median of
+//! the process, from `CLOCK_PROCESS_CPUTIME_ID`), median of
 //! the runs, and the ratio to `avdec_h264`. `avdec_h264` and `vpuh264dec`
 //! both use libavcodec with frame threads (one per core), so the ratio is
 //! the cost of the VPU model (bitstream and frame copies through shared

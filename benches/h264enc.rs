@@ -13,8 +13,8 @@
 //! bus, the pipeline having been brought to READY first.
 //!
 //! Printed per encoder: frames/s and CPU time of the process per frame
-//! (all threads, also those that exited during the run, from
-//! `/proc/self/stat`; the encoders' own threads included), medians of the
+//! (all threads, also those that exited during the run, such as x264's once
+//! the VPU closes it at EOS; `CLOCK_PROCESS_CPUTIME_ID`), medians of the
 //! runs, and the output bitrate. Each
 //! `vpuh264enc` row also gets its ratio of frames/s to the `x264enc` row of
 //! the same configuration (the peer that wraps the same library, so below
@@ -38,35 +38,7 @@ use std::time::Instant;
 use gst::prelude::*;
 
 mod common;
-use common::{Plan, capture, feed, loadavg, median, plan, raw_caps, wait_eos};
-
-/// Clock ticks per second of `/proc/self/stat` (`sysconf(_SC_CLK_TCK)`,
-/// 100 on every Linux architecture GStreamer runs on).
-const CLK_TCK: f64 = 100.0;
-
-/// CPU time of the whole process so far, user + system, threads that have
-/// exited included (`utime` + `stime` of `/proc/self/stat`, 10 ms ticks).
-/// Not `common::cpu_secs`, which sums the threads alive when it reads: an
-/// encoder that closes its codec at EOS (vpuh264enc's VPU drains and closes
-/// x264, whose threads then exit) would lose their time.
-fn process_cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (in parentheses, which may hold spaces):
-    // state is field 3, utime 14, stime 15.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) as f64 / CLK_TCK
-}
+use common::{Plan, capture, cpu_secs, feed, loadavg, median, plan, raw_caps, wait_eos};
 
 struct Run {
     secs: f64,
@@ -108,13 +80,13 @@ fn run(encoder: &str, w: u32, h: u32, frames: &[gst::Buffer]) -> Run {
             b
         })
         .collect();
-    let cpu0 = process_cpu_secs();
+    let cpu0 = cpu_secs();
     let t = Instant::now();
     pipeline.set_state(gst::State::Playing).expect("PLAYING");
     feed(&pipeline, buffers);
     wait_eos(&pipeline);
     let secs = t.elapsed().as_secs_f64();
-    let cpu = process_cpu_secs() - cpu0;
+    let cpu = cpu_secs() - cpu0;
     pipeline.set_state(gst::State::Null).expect("NULL");
     let (n, bytes) = *out.lock().unwrap();
     Run {

@@ -34,19 +34,23 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// CPU time consumed so far by the threads of this process that are
-/// alive now (sum of `/proc/self/task/*/schedstat`, nanosecond resolution).
-/// Read at EOS, before the pipeline goes to NULL, so its threads count.
+/// CPU time this process has consumed so far, seconds: every thread's,
+/// those that have exited included (an encoder may close its codec, whose
+/// threads then exit, at EOS), from `CLOCK_PROCESS_CPUTIME_ID` (nanosecond
+/// resolution).
 pub fn cpu_secs() -> f64 {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
-    };
-    let ns: u64 = dir
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    ns as f64 / 1e9
+    clock_secs(rustix::time::ClockId::ProcessCPUTime)
+}
+
+/// CPU time the calling thread has consumed so far, seconds
+/// (`CLOCK_THREAD_CPUTIME_ID`).
+pub fn thread_cpu_secs() -> f64 {
+    clock_secs(rustix::time::ClockId::ThreadCPUTime)
+}
+
+fn clock_secs(id: rustix::time::ClockId) -> f64 {
+    let t = rustix::time::clock_gettime(id);
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// What a bench measures: runs per figure, and (width, height, frames)
