@@ -55,7 +55,8 @@
 //!
 //! Profiling the elements' side (thread names: `src:src` = appsrc's
 //! streaming thread running handle_frame, `vpu-fw` = the emulated VPU's
-//! firmware doing the coding, `vpu-irq`, `vpu-capture`):
+//! firmware doing the coding, `vpu-capture` = the element's thread waiting
+//! on the VPU, which also handles its interrupt):
 //! `ELEMENTS_BENCH_SIZE=1920x1080 ELEMENTS_BENCH_ROWS=dec perf record -F 4000
 //! -e cpu-clock --call-graph dwarf target/release/deps/elements-<hash> --bench`,
 //! then `perf report --sort comm,dso,sym`; `valgrind --tool=callgrind` on the

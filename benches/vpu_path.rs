@@ -1,7 +1,7 @@
 //! FWHT through the whole emulated-VPU path next to the bare codec: the same
 //! frames, encoded and decoded once by calling the codec directly and once
 //! through the m2m contract (command ring, firmware thread, shared-memory
-//! buffers, coherency checker on, response ring, interrupt thread). The ratio
+//! buffers, coherency checker on, response ring, interrupt). The ratio
 //! path/bare is the path's cost; above 1.0 the firmware thread coding while
 //! the host thread feeds pays for more than the path costs.
 //!

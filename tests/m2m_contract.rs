@@ -547,6 +547,85 @@ fn bad_requests_get_clear_errors() {
     assert!(e.to_string().contains("index 9"), "{e}");
 }
 
+/// Both done events of a one-frame encode (OUTPUT and CAPTURE), in either order.
+fn wait_one_frame(s: &dyn Session, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut done = (false, false);
+    while done != (true, true) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "the frame did not come back within {within:?}"
+        );
+        match s.wait_event(left).unwrap() {
+            Some(Event::BufferDone(b)) if b.queue == QueueKind::Output => done.0 = true,
+            Some(Event::BufferDone(b)) => {
+                assert!(b.bytesused > 0, "a coded frame");
+                done.1 = true;
+            }
+            Some(other) => panic!("unexpected event {other:?}"),
+            None => {}
+        }
+    }
+}
+
+/// There is no interrupt thread: a waiting thread handles the interrupt
+/// for every session. One session's thread waiting (and so, at times, the
+/// handler) must not keep another session's events from it, and the role
+/// passes on when its holder stops waiting.
+#[test]
+fn a_waiting_thread_of_one_session_does_not_hold_up_another() {
+    let vpu = vpu_with(Duration::from_secs(5), false);
+    let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
+    let (idle, _) = one_frame_encoder(&vpu, &raw, Coherency::Coherent);
+    let idle_wait = Duration::from_millis(1500);
+    let (busy, b) = one_frame_encoder(&vpu, &raw, Coherency::Coherent);
+    let idle_done = std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| {
+            let r = idle.wait_event(idle_wait);
+            (r.map(|e| e.is_none()), Instant::now())
+        });
+        // Let the idle session's thread take the handler's role first.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut b = b;
+        b.bytesused = raw.size;
+        busy.queue(b).unwrap();
+        wait_one_frame(busy.as_ref(), Duration::from_secs(5));
+        let busy_done = Instant::now();
+        let (idle_result, idle_done) = waiter.join().unwrap();
+        assert!(
+            idle_result.unwrap(),
+            "the idle session got nothing and no error"
+        );
+        assert!(
+            busy_done < idle_done,
+            "the busy session's frame came back while the idle one still waited"
+        );
+        idle_done
+    });
+    // Nobody waits now: a later wait takes the role and is served.
+    assert!(idle_done.elapsed() < Duration::from_secs(5));
+    let (again, mut b) = one_frame_encoder(&vpu, &raw, Coherency::Coherent);
+    b.bytesused = raw.size;
+    again.queue(b).unwrap();
+    wait_one_frame(again.as_ref(), Duration::from_secs(5));
+}
+
+/// Responses nobody read for longer than the watchdog (the session's thread
+/// was busy elsewhere, e.g. blocked pushing downstream) are work done, not a
+/// hung core: the ring is read before the watchdog judges.
+#[test]
+fn responses_left_unread_past_the_watchdog_are_not_a_timeout() {
+    let watchdog = Duration::from_millis(200);
+    let vpu = vpu_with(watchdog, false);
+    let raw = Format::raw(PixelFormat::I420, 64, 64).unwrap();
+    let (s, mut b) = one_frame_encoder(&vpu, &raw, Coherency::Coherent);
+    b.bytesused = raw.size;
+    s.queue(b).unwrap();
+    std::thread::sleep(watchdog * 3);
+    wait_one_frame(s.as_ref(), Duration::from_secs(2));
+}
+
 #[test]
 fn a_slow_core_is_not_mistaken_for_a_hung_one() {
     let vpu = vpu_with(Duration::from_millis(400), false);

@@ -2,11 +2,14 @@
 //! command ring, and the host-side driver implementing the m2m contract.
 //!
 //! ```text
-//!  host (driver.rs)                         VPU (firmware/)
+//!  host (driver/)                           VPU (firmware/)
 //!  EmuSession --Command--> [cmd ring] --doorbell--> vpu-fw thread
-//!  vpu-irq   <--Response-- [resp ring] <--irq------ sessions, codec engines
+//!  waiter    <--Response-- [resp ring] <--irq------ sessions, codec engines
 //!         frame memory: Region handles through the IOMMU table (iommu.rs)
 //! ```
+//!
+//! "waiter": whichever host thread waits on a session handles the interrupt
+//! (there is no interrupt thread, see [`driver`]).
 //!
 //! The ABI (`protocol.rs`) is versioned and size-asserted; both sides check
 //! every value the other wrote. The firmware touches frame memory only through

@@ -194,8 +194,8 @@ impl EmuSession {
     ) -> Result<(), M2mError> {
         let watchdog = self.core().config.watchdog;
         let deadline = Instant::now() + watchdog;
-        let mut inbox = lock(&self.mailbox.inbox);
         loop {
+            let mut inbox = lock(&self.mailbox.inbox);
             if let Some((status, text)) = inbox.acks.remove(&seq) {
                 return match status {
                     Status::Ok => Ok(()),
@@ -205,18 +205,16 @@ impl EmuSession {
             if let Some(f) = &inbox.fault {
                 return Err(f.error());
             }
+            let seen = inbox.deliveries;
+            drop(inbox);
             let now = Instant::now();
             if now >= deadline {
-                drop(inbox);
                 self.mailbox.fail(Fault::Timeout(watchdog));
                 return Err(M2mError::Timeout(watchdog));
             }
-            inbox = self
-                .mailbox
-                .cond
-                .wait_timeout(inbox, deadline - now)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            // In poll periods: the handler checks the heartbeat in between.
+            self.core()
+                .wait_delivery(&self.mailbox, seen, (deadline - now).min(POLL));
         }
     }
 
@@ -805,6 +803,9 @@ impl Session for EmuSession {
     fn wait_event(&self, timeout: Duration) -> Result<Option<Event>, M2mError> {
         let deadline = Instant::now() + timeout;
         let watchdog = self.core().config.watchdog;
+        // What the ring holds is read before the watchdog judges (nobody may
+        // have read it while this session's thread was busy elsewhere).
+        let mut drained = false;
         loop {
             // Taking a response and accounting for it happen under the state
             // lock (state before inbox, as everywhere), so a `stream_off` on
@@ -822,26 +823,21 @@ impl Session for EmuSession {
                 return Err(f.error());
             }
             let since = inbox.last_progress.elapsed();
+            let seen = inbox.deliveries;
             drop(inbox);
-            let stalled = since > watchdog && st.device_has_work();
+            let stalled = drained && since > watchdog && st.device_has_work();
             drop(st);
             if stalled {
                 self.mailbox.fail(Fault::Timeout(watchdog));
                 return Err(M2mError::Timeout(watchdog));
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline && drained {
                 return Ok(None);
             }
-            let inbox = lock(&self.mailbox.inbox);
-            if inbox.responses.is_empty() && inbox.fault.is_none() {
-                let wait = (deadline - now).min(POLL);
-                let _ = self
-                    .mailbox
-                    .cond
-                    .wait_timeout(inbox, wait)
-                    .unwrap_or_else(PoisonError::into_inner);
-            }
+            let wait = deadline.saturating_duration_since(now).min(POLL);
+            self.core().wait_delivery(&self.mailbox, seen, wait);
+            drained = true;
         }
     }
 
@@ -895,7 +891,7 @@ mod tests {
         (vpu, s)
     }
 
-    /// Delivers a response as if the interrupt thread had read it from the ring.
+    /// Delivers a response as if the interrupt handler had read it from the ring.
     fn inject(s: &EmuSession, r: Response) {
         s.vpu.core.dispatch(&r.encode(s.id, 0));
     }
