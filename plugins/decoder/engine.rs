@@ -47,6 +47,10 @@ use crate::mem::{Coherency, Owner, Region};
 /// the streaming thread) lasts at most: the reaction time to a shutdown.
 pub(super) const WAIT_SLICE: Duration = Duration::from_millis(20);
 
+/// Most events the capture thread handles before it wakes the streaming
+/// thread.
+const BATCH: usize = 8;
+
 /// OUTPUT (bitstream) buffers: the device minimum plus this many, so the
 /// streaming thread can fill one while the VPU parses the others.
 const EXTRA_OUTPUT: u32 = 2;
@@ -170,36 +174,64 @@ impl Engine {
 
     fn run(&self) {
         while !self.stop.load(Ordering::Acquire) {
-            let event = {
-                let _events = lock(&self.events);
-                self.session.wait_event(WAIT_SLICE)
-            };
-            match event {
-                Ok(None) => {}
-                Ok(Some(event)) => self.handle(event),
-                Err(e) => {
-                    if !self.stop.load(Ordering::Acquire) {
-                        log::error!("VPU decoder session failed: {e}");
-                        self.notify(|i| i.fatal = Some(Fatal::from(&e)));
+            let mut timeout = WAIT_SLICE;
+            let mut handled = 0;
+            // What came with the first event is handled too before the
+            // streaming thread is woken: the VPU finishes a frame's OUTPUT
+            // and CAPTURE buffers together, and one wake-up per frame is
+            // enough (one per event cost the streaming thread a context
+            // switch more per frame). Bounded, so that a device completing
+            // buffers without pause still lets the streaming thread run.
+            let failed = loop {
+                match self.next_event(timeout) {
+                    Ok(Some(e)) => {
+                        self.handle(e);
+                        handled += 1;
+                        timeout = Duration::ZERO;
+                        if handled == BATCH {
+                            break None;
+                        }
                     }
-                    return;
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
                 }
+            };
+            if handled > 0 {
+                self.cond.notify_all();
+            }
+            if let Some(e) = failed {
+                if !self.stop.load(Ordering::Acquire) {
+                    log::error!("VPU decoder session failed: {e}");
+                    self.notify(|i| i.fatal = Some(Fatal::from(&e)));
+                }
+                return;
             }
         }
     }
 
+    fn next_event(&self, timeout: Duration) -> Result<Option<Event>, M2mError> {
+        let _events = lock(&self.events);
+        self.session.wait_event(timeout)
+    }
+
     fn notify(&self, f: impl FnOnce(&mut Inner)) {
-        let mut inner = lock(&self.inner);
-        f(&mut inner);
-        inner.changes += 1;
-        drop(inner);
+        self.update(f);
         self.cond.notify_all();
     }
 
+    /// A change the streaming thread is woken for later (the capture thread
+    /// notifies once per batch of events).
+    fn update(&self, f: impl FnOnce(&mut Inner)) {
+        let mut inner = lock(&self.inner);
+        f(&mut inner);
+        inner.changes += 1;
+    }
+
+    /// Handles one event; the caller wakes the streaming thread.
     fn handle(&self, event: Event) {
         match event {
             Event::BufferDone(b) if b.queue == QueueKind::Output => {
-                self.notify(|i| i.free_output.push_back(b));
+                self.update(|i| i.free_output.push_back(b));
             }
             Event::BufferDone(b) if b.flags.contains(BufferFlags::RETURNED) => {
                 // Stream-off hands returned buffers back in its own list.
@@ -228,12 +260,10 @@ impl Engine {
                     }
                 }
                 inner.changes += 1;
-                drop(inner);
-                self.cond.notify_all();
             }
             Event::SourceChange(sc) => {
                 let streaming = lock(&self.capture).streaming.is_some();
-                self.notify(|i| {
+                self.update(|i| {
                     i.announced = true;
                     if streaming {
                         // Frames of the old format come first, up to LAST.
@@ -265,11 +295,7 @@ impl Engine {
         // hands them out right after `start`. They come before the drain
         // ends, and before LAST's own frame (older frames go first).
         loop {
-            let event = {
-                let _events = lock(&self.events);
-                self.session.wait_event(Duration::ZERO)
-            };
-            match event {
+            match self.next_event(Duration::ZERO) {
                 Ok(Some(event)) => self.handle(event),
                 Ok(None) => break,
                 Err(e) => {

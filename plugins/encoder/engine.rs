@@ -598,44 +598,64 @@ fn free_slot(inner: &mut Inner, copy_slots: u32, slot: u32) {
     }
 }
 
+/// Most events the capture thread handles before it wakes the streaming
+/// thread.
+const BATCH: usize = 8;
+
 fn capture_loop(shared: &Shared) {
     let session = shared.session.as_ref();
     loop {
         if lock(&shared.inner).stop {
             return;
         }
-        let event = match session.wait_event(POLL) {
-            Ok(Some(event)) => event,
-            Ok(None) => continue,
-            Err(e) => {
-                log::error!("vpu-capture: {e}");
-                lock(&shared.inner).error = Some(e.to_string());
-                shared.cond.notify_all();
-                return;
+        // What came with the first event is handled too before the streaming
+        // thread is woken, once: the VPU finishes a frame's OUTPUT and
+        // CAPTURE buffers together. Bounded, so that a device completing
+        // buffers without pause still lets the streaming thread run.
+        let mut timeout = POLL;
+        let mut handled = 0;
+        let failed = loop {
+            let event = match session.wait_event(timeout) {
+                Ok(Some(event)) => event,
+                Ok(None) => break None,
+                Err(e) => break Some(e.to_string()),
+            };
+            if let Err(e) = on_event(shared, event) {
+                break Some(e);
+            }
+            handled += 1;
+            timeout = Duration::ZERO;
+            if handled == BATCH {
+                break None;
             }
         };
-        let result = match event {
-            Event::BufferDone(b) if b.queue == QueueKind::Output => {
-                let mut inner = lock(&shared.inner);
-                if let Some(h) = inner.imported.remove(&b.index) {
-                    release_busy(&h);
-                }
-                free_slot(&mut inner, shared.copy_slots, b.index);
-                Ok(())
-            }
-            Event::BufferDone(b) => on_capture(shared, b),
-            Event::SourceChange(sc) => {
-                log::warn!("vpu-capture: an encoder got a source change ({sc:?}), ignored");
-                Ok(())
-            }
-        };
-        if let Err(e) = result {
+        if let Some(e) = failed {
             log::error!("vpu-capture: {e}");
             lock(&shared.inner).error = Some(e);
             shared.cond.notify_all();
             return;
         }
-        shared.cond.notify_all();
+        if handled > 0 {
+            shared.cond.notify_all();
+        }
+    }
+}
+
+fn on_event(shared: &Shared, event: Event) -> Result<(), String> {
+    match event {
+        Event::BufferDone(b) if b.queue == QueueKind::Output => {
+            let mut inner = lock(&shared.inner);
+            if let Some(h) = inner.imported.remove(&b.index) {
+                release_busy(&h);
+            }
+            free_slot(&mut inner, shared.copy_slots, b.index);
+            Ok(())
+        }
+        Event::BufferDone(b) => on_capture(shared, b),
+        Event::SourceChange(sc) => {
+            log::warn!("vpu-capture: an encoder got a source change ({sc:?}), ignored");
+            Ok(())
+        }
     }
 }
 

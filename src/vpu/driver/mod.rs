@@ -56,6 +56,9 @@ const MAX_MIN_OUTPUT_BUFFERS: u32 = 32;
 
 /// How often blocked host calls re-check the watchdog.
 pub(super) const POLL: Duration = Duration::from_millis(20);
+/// A heartbeat watch interrupted for longer than this starts afresh: waiters
+/// look at least every [`POLL`], so a longer gap means nobody was waiting.
+const HEARTBEAT_GAP: Duration = Duration::from_millis(100);
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // State behind these locks stays consistent across a panic (plain field
@@ -162,8 +165,10 @@ struct IrqRole {
 /// handler's alone.
 struct Irq {
     responses: Consumer,
-    /// The last heartbeat value seen, and when it changed.
+    /// The last heartbeat value seen, and since when it is watched unchanged.
     heartbeat: (u32, Instant),
+    /// When the handler last looked at the heartbeat.
+    checked: Instant,
     hung: bool,
     /// The ring broke (an index out of range): what every session fails with.
     broken: Option<String>,
@@ -353,19 +358,25 @@ impl Core {
                 }
             }
         }
+        // The heartbeat is judged over a span somebody watched: after a gap
+        // (nobody waited), an unchanged value says nothing about the time
+        // in between (the core may have stopped and resumed, or just
+        // resumed and not beaten yet), so the watch starts afresh.
         let beat = self.counter(HEARTBEAT_OFFSET);
-        if beat != irq.heartbeat.0 {
-            irq.heartbeat = (beat, Instant::now());
+        let now = Instant::now();
+        let gap = now.duration_since(irq.checked) > HEARTBEAT_GAP;
+        irq.checked = now;
+        if beat != irq.heartbeat.0 || gap {
+            irq.heartbeat = (beat, now);
             irq.hung = false;
-        } else if irq.heartbeat.1.elapsed() > self.config.watchdog {
-            if !irq.hung {
-                irq.hung = true;
-                log::error!(
-                    "VPU firmware heartbeat stopped for {:?}",
-                    self.config.watchdog
-                );
-            }
-            // Also sessions opened since: a stopped core answers none.
+        } else if !irq.hung && now.duration_since(irq.heartbeat.1) > self.config.watchdog {
+            irq.hung = true;
+            log::error!(
+                "VPU firmware heartbeat stopped for {:?}",
+                self.config.watchdog
+            );
+            // Sessions opened later learn it from their own commands'
+            // timeouts.
             self.fail_all(Fault::Timeout(self.config.watchdog));
         }
     }
@@ -452,6 +463,7 @@ impl EmuVpu {
             irq_state: Mutex::new(Irq {
                 responses,
                 heartbeat,
+                checked: Instant::now(),
                 hung: false,
                 broken: None,
             }),
