@@ -45,6 +45,35 @@
 //! x264 repeats SPS and PPS in front of every IDR (no global header) and
 //! writes Annex-B start codes. Changing a parameter while encoding reopens
 //! the encoder, so the next frame is an IDR (see [`H264Encoder::set_params`]).
+//!
+//! # Frames without a copy
+//!
+//! [`H264Encoder::encode_mapped`] codes a frame where it lies: libavcodec
+//! gets a refcounted, read-only `AVFrame` whose planes point into a
+//! [`FrameMapping`] of the buffer (the contract layout of `Format::raw`, as
+//! is: YV12 is I420 with the chroma plane pointers swapped; NV12 and NV21
+//! are libavcodec's own), see `sys::avframe`. x264 copies the picture into
+//! its own frame in `x264_encoder_encode`, which takes any stride and any
+//! plane address (its plane copies read unaligned and copy the last row
+//! with `memcpy` so as not to read past the plane), and libavcodec puts no
+//! alignment requirement on an encoder's input: so every layout of the four
+//! formats is lent, odd chroma strides included (322x242 I420: 161), and
+//! the coded stream is byte-identical to the copy's (tested). The picture is
+//! then copied once per frame, by x264, as with `x264enc`.
+//!
+//! libavcodec takes a reference to a sent frame (`av_frame_ref`; a frame
+//! without buffers would be copied) and drops it once the codec took the
+//! picture: inside `avcodec_send_frame` when the previous unit was received
+//! (its one-packet slot is free), else on the next `receive_packet` that
+//! finds the slot empty, or when the encoder is closed. The [`Lease`]
+//! `encode_mapped` returns says when; the caller keeps the buffer unchanged
+//! until then. [`H264Encoder::flush`] first codes a frame libavcodec still
+//! holds (with it inside, the end of stream would be refused).
+//!
+//! [`H264Encoder::encode`] is the copy path, for a frame in plain memory:
+//! the firmware uses it only when an OUTPUT buffer cannot be mapped
+//! (`mmap` refused), and the tests as the reference the lent frames must
+//! match.
 
 use std::fmt;
 use std::sync::Arc;

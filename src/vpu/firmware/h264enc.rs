@@ -11,9 +11,27 @@
 //! flagged LAST; the next frame after it starts a new stream with an IDR.
 //!
 //! Unlike FWHT, input and output are decoupled: an OUTPUT buffer goes back as
-//! soon as the codec has taken the picture (the codec copies it), and units
+//! soon as the codec has taken the picture (x264 copies it), and units
 //! wait in `pending` for a CAPTURE buffer, so a codec that holds frames back
-//! fits. With low latency (the default, `LOW_LATENCY` = 1) every frame gives
+//! fits.
+//!
+//! The frame is not copied on the way to the codec: libavcodec reads it
+//! straight from the OUTPUT buffer, through the VPU's own read-only mapping
+//! of the buffer's fd (made once per buffer and kept while the host's
+//! region lives, like an IOMMU mapping; `sys::FrameMapping`), as a
+//! refcounted frame whose buffer reference owns that mapping
+//! (`codec::h264enc`, "Frames without a copy"). The engine takes the
+//! region's `device_read` guard around the send, so the coherency checker
+//! judges the access like DMA (the host must have handed the buffer over
+//! with `sync_for_device`), and x264's copy of the picture happens inside
+//! it. A buffer goes back only once libavcodec let go of its frame (the
+//! lease is released): at once, since every frame's units are taken out
+//! right after it; a frame libavcodec still holds (its unit not yet
+//! received) keeps its buffer in `held`, checked after every send, receive,
+//! flush and control change, and buffers go back in queue order. An OUTPUT
+//! stream-off closes the codec, which lets go of everything, and the host
+//! takes its buffers back. If a buffer cannot be mapped, the frame is copied
+//! from the `device_read` guard instead (logged). With low latency (the default, `LOW_LATENCY` = 1) every frame gives
 //! its unit at once; in throughput mode (`LOW_LATENCY` = 0, x264 frame
 //! threads) the codec holds up to [`H264Engine::delayed_frames`] frames, and
 //! the session reports one more as its minimum OUTPUT buffers. Every frame
