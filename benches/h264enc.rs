@@ -209,11 +209,23 @@ fn handoff(w: u32, h: u32, frames: &[gst::Buffer], runs: usize) {
         .iter()
         .map(|b| {
             let map = b.map_readable().expect("readable frame");
-            assert_eq!(
-                map.size(),
-                raw.size,
-                "videotestsrc's I420 is the contract layout"
-            );
+            // videotestsrc's tightly packed I420 into the contract layout
+            // (whose rows may be padded: 1080 lines are stored as 1088).
+            let (w, h) = (w as usize, h as usize);
+            assert_eq!(map.size(), w * h * 3 / 2, "videotestsrc's I420 is packed");
+            let mut bytes = vec![0; raw.size];
+            let mut src = 0;
+            for (plane, (rows, cols)) in
+                raw.planes
+                    .iter()
+                    .zip([(h, w), (h / 2, w / 2), (h / 2, w / 2)])
+            {
+                for row in 0..rows {
+                    let dst = plane.offset + row * plane.stride;
+                    bytes[dst..dst + cols].copy_from_slice(&map[src..src + cols]);
+                    src += cols;
+                }
+            }
             let region = Region::allocate(
                 "bench-frame",
                 raw.size,
@@ -222,9 +234,9 @@ fn handoff(w: u32, h: u32, frames: &[gst::Buffer], runs: usize) {
                 &checker,
             )
             .expect("a memfd region");
-            region.cpu_write().copy_from_slice(&map);
+            region.cpu_write().copy_from_slice(&bytes);
             let mapping = FrameMapping::map(region.fd(), raw.size).expect("a frame mapping");
-            (map.to_vec(), mapping)
+            (bytes, mapping)
         })
         .collect();
     for low_latency in [true, false] {
