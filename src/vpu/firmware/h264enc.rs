@@ -135,7 +135,10 @@ impl CodecEngine for H264Engine {
                 let codec = H264Encoder::new(&raw, self.params).map_err(|e| e.to_string())?;
                 let mut coded = Format::coded(PixelFormat::H264, width, height);
                 coded.colorimetry = colorimetry;
+                // The old codec goes (letting go of any frame it held);
+                // like a stream-off, the host owns its buffers again.
                 self.codec = Some(codec);
+                self.release_held_on_flush();
                 self.in_codec.clear();
                 self.pending.clear();
                 output.format = Some(raw);
@@ -374,8 +377,9 @@ impl H264Engine {
         any
     }
 
-    /// After the codec was closed by an OUTPUT stream-off: the host takes
-    /// every OUTPUT buffer back, so the held ones are forgotten. libavcodec
+    /// After the codec was closed by an OUTPUT stream-off (or replaced by a
+    /// new format): the host takes every OUTPUT buffer back, so the held
+    /// ones are forgotten. libavcodec
     /// unreferences the frame it holds when it is freed, so none is still
     /// read; were one (a libavcodec that kept a reference elsewhere), its
     /// memory stays mapped through the lease's own mapping, and the error
