@@ -190,7 +190,7 @@ impl LentFrame {
         let size = mapping.len();
         let mut linesizes = Vec::with_capacity(planes.len());
         for (plane, p) in planes.iter().enumerate() {
-            if p.end().is_none_or(|end| end > size) || p.rows == 0 {
+            if p.end().is_none_or(|end| end > size) {
                 return Err(LendError::OutOfRange {
                     plane,
                     offset: p.offset,
