@@ -379,11 +379,10 @@ impl H264Engine {
 
     /// After the codec was closed by an OUTPUT stream-off (or replaced by a
     /// new format): the host takes every OUTPUT buffer back, so the held
-    /// ones are forgotten. libavcodec
-    /// unreferences the frame it holds when it is freed, so none is still
-    /// read; were one (a libavcodec that kept a reference elsewhere), its
-    /// memory stays mapped through the lease's own mapping, and the error
-    /// says so.
+    /// ones are forgotten. libavcodec unreferences the frame it holds when
+    /// it is freed, so none is still read; were one (a libavcodec that kept
+    /// a reference elsewhere), its memory stays mapped through the lease's
+    /// own mapping, and the error says so.
     fn release_held_on_flush(&mut self) {
         for (src, lease) in self.held.drain(..) {
             if lease.is_some_and(|l| !l.released()) {
@@ -421,7 +420,7 @@ impl H264Engine {
         raw: Option<&Format>,
         pts: i64,
     ) -> Result<Option<Lease>, String> {
-        let raw = raw_frame(src, raw)?;
+        raw_frame(src, raw)?;
         let idr = src.flags.contains(BufferFlags::KEYFRAME);
         let mapping = self.mapping(&src.region);
         let codec = self
@@ -443,7 +442,7 @@ impl H264Engine {
                     src.index
                 );
                 codec
-                    .encode(&input[..raw.size], pts, idr)
+                    .encode(&input, pts, idr)
                     .map(|()| None)
                     .map_err(|e| e.to_string())
             }
