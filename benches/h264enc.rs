@@ -25,6 +25,13 @@
 //! runs go in rounds (each encoder once per round), so load changes of the
 //! machine spread over every row.
 //!
+//! Then the engine's hand-off alone, per size and mode: the calling thread's
+//! CPU time per frame to send a frame to libx264 and take its units, with
+//! the frame copied into libavcodec's own frame (the engine's path before)
+//! and lent from a mapping of the buffer (its path now), the same frames
+//! through two encoders in turn; the difference is the copy the engine no
+//! longer makes, measured without the noise of whole pipelines.
+//!
 //! Run: `cargo bench --bench h264enc`. H264ENC_BENCH_FRAMES=n frames per run
 //! (default 90 at 720p, 60 at 1080p), H264ENC_BENCH_RUNS=n (default 3),
 //! H264ENC_BENCH_SIZE=1280x720 (one size only). Under `cargo test
@@ -38,7 +45,13 @@ use std::time::Instant;
 use gst::prelude::*;
 
 mod common;
-use common::{Plan, capture, cpu_secs, feed, loadavg, median, plan, raw_caps, wait_eos};
+use common::{
+    Plan, capture, cpu_secs, feed, loadavg, median, plan, raw_caps, thread_cpu_secs, wait_eos,
+};
+use gstrsvpu::m2m::{Format, PixelFormat};
+use gstrsvpu::mem::{Checker, CheckerConfig, Coherency, Region};
+use gstrsvpu::sys::DmaBackend;
+use gstrsvpu::vpu::codec::h264enc::{FrameMapping, H264Encoder, H264Params};
 
 struct Run {
     secs: f64,
@@ -180,6 +193,92 @@ fn measure(w: u32, h: u32, n: usize, runs: usize, kbps: u32) {
     }
 }
 
+/// The engine's hand-off alone (no GStreamer, no VPU rings): the same
+/// frames coded by two `H264Encoder`s, one copying each frame into its
+/// libavcodec frame (`encode`, the engine's path before frames were lent),
+/// one lending it from a mapping of the buffer (`encode_mapped`, the
+/// engine's path now), frame by frame in turn. Per path: the calling
+/// thread's CPU time per frame for sending the frame and receiving its
+/// units (our copy, if any, x264's copy of the picture and whatever of
+/// x264's coding runs on the calling thread; the same for both but for the
+/// copy), median over frames and runs.
+fn handoff(w: u32, h: u32, frames: &[gst::Buffer], runs: usize) {
+    let raw = Format::raw(PixelFormat::I420, w, h).expect("an I420 layout");
+    let checker = Checker::new(CheckerConfig::default());
+    let buffers: Vec<(Vec<u8>, std::sync::Arc<FrameMapping>)> = frames
+        .iter()
+        .map(|b| {
+            let map = b.map_readable().expect("readable frame");
+            // videotestsrc's tightly packed I420 into the contract layout
+            // (whose rows may be padded: 1080 lines are stored as 1088).
+            let (w, h) = (w as usize, h as usize);
+            assert_eq!(map.size(), w * h * 3 / 2, "videotestsrc's I420 is packed");
+            let mut bytes = vec![0; raw.size];
+            let mut src = 0;
+            for (plane, (rows, cols)) in
+                raw.planes
+                    .iter()
+                    .zip([(h, w), (h / 2, w / 2), (h / 2, w / 2)])
+            {
+                for row in 0..rows {
+                    let dst = plane.offset + row * plane.stride;
+                    bytes[dst..dst + cols].copy_from_slice(&map[src..src + cols]);
+                    src += cols;
+                }
+            }
+            let region = Region::allocate(
+                "bench-frame",
+                raw.size,
+                Coherency::Coherent,
+                DmaBackend::Memfd,
+                &checker,
+            )
+            .expect("a memfd region");
+            region.cpu_write().copy_from_slice(&bytes);
+            let mapping = FrameMapping::map(region.fd(), raw.size).expect("a frame mapping");
+            (bytes, mapping)
+        })
+        .collect();
+    for low_latency in [true, false] {
+        let params = H264Params {
+            bitrate: 4_000_000,
+            low_latency,
+            ..H264Params::default()
+        };
+        let (mut copy_ms, mut lent_ms) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let mut copied = H264Encoder::new(&raw, params).expect("encoder");
+            let mut lent = H264Encoder::new(&raw, params).expect("encoder");
+            for (i, (bytes, mapping)) in buffers.iter().enumerate() {
+                let t = thread_cpu_secs();
+                copied.encode(bytes, i as i64, false).expect("encode");
+                while copied.receive().expect("receive").is_some() {}
+                copy_ms.push((thread_cpu_secs() - t) * 1000.0);
+                let t = thread_cpu_secs();
+                let lease = lent
+                    .encode_mapped(mapping, i as i64, false)
+                    .expect("encode");
+                while lent.receive().expect("receive").is_some() {}
+                lent_ms.push((thread_cpu_secs() - t) * 1000.0);
+                assert!(lease.released(), "libavcodec let go of frame {i}");
+            }
+            copied.flush().expect("flush");
+            lent.flush().expect("flush");
+        }
+        let (c, l) = (median(copy_ms), median(lent_ms));
+        println!(
+            "{:<11} {:<30} copy {c:.3} ms/f, lent {l:.3} ms/f: {:.3} ms/f less",
+            format!("{w}x{h}"),
+            if low_latency {
+                "engine hand-off, low latency"
+            } else {
+                "engine hand-off, throughput"
+            },
+            c - l,
+        );
+    }
+}
+
 fn main() {
     gst::init().expect("gst init");
     gstrsvpu::plugin_register_static().expect("rsvpu registers");
@@ -213,8 +312,16 @@ fn main() {
          low-latency=false (frame threads) vs plain x264enc ultrafast (frame threads);\n   \
          below 1.0 is our overhead)"
     );
-    for (w, h, n) in sizes {
+    for &(w, h, n) in &sizes {
         measure(w, h, n, runs, kbps);
+    }
+    println!(
+        "engine hand-off: the calling thread's CPU per frame to send a frame and take its\n  \
+         units, copying it into libavcodec's frame vs lending it (median of frames and runs)"
+    );
+    for (w, h, n) in sizes {
+        let (frames, _) = capture("pattern=smpte horizontal-speed=3", w, h, n);
+        handoff(w, h, &frames, runs);
     }
     println!("load average after: {}", loadavg());
 }

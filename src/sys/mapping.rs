@@ -20,13 +20,22 @@ pub struct OutOfRange {
 
 /// The raw mapping: base pointer and length. Unmaps on drop.
 #[derive(Debug)]
-struct RawMap {
-    ptr: NonNull<u8>,
-    len: usize,
+pub(super) struct RawMap {
+    pub(super) ptr: NonNull<u8>,
+    pub(super) len: usize,
 }
 
 impl RawMap {
     fn map(fd: BorrowedFd<'_>, len: usize) -> io::Result<RawMap> {
+        RawMap::map_prot(fd, len, ProtFlags::READ | ProtFlags::WRITE)
+    }
+
+    /// A `MAP_SHARED`, `PROT_READ` mapping: a write through it faults.
+    pub(super) fn map_read_only(fd: BorrowedFd<'_>, len: usize) -> io::Result<RawMap> {
+        RawMap::map_prot(fd, len, ProtFlags::READ)
+    }
+
+    fn map_prot(fd: BorrowedFd<'_>, len: usize, prot: ProtFlags) -> io::Result<RawMap> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -37,16 +46,8 @@ impl RawMap {
         // (null hint) cannot overlap any memory Rust already uses. The fd is
         // borrowed for the duration of the call; the mapping keeps its own
         // reference to the file.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                ProtFlags::READ | ProtFlags::WRITE,
-                MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }?;
+        let ptr =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }?;
         NonNull::new(ptr.cast::<u8>())
             .map(|ptr| RawMap { ptr, len })
             .ok_or_else(|| io::Error::other("mmap returned a null mapping"))
@@ -66,9 +67,11 @@ impl RawMap {
 
 impl Drop for RawMap {
     fn drop(&mut self) {
-        // SAFETY: ptr/len describe a mapping created by `RawMap::map` that is
-        // unmapped only here; every borrow handed out is tied to `&self` of the
-        // owning Mapping/SharedMapping, so none outlives this call.
+        // SAFETY: ptr/len describe a mapping created by `RawMap::map_prot`
+        // that is unmapped only here; every borrow handed out is tied to
+        // `&self` of the owning Mapping/SharedMapping, and a frame lent to
+        // libav (`avframe`) owns an `Arc` of its mapping, so none outlives
+        // this call.
         if let Err(e) = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) } {
             log::error!("munmap of {} bytes failed: {e}", self.len);
         }

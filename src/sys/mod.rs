@@ -1,7 +1,8 @@
 //! The only raw-syscall code in the crate: memfd, mmap, eventfd,
 //! `DMA_BUF_IOCTL_SYNC`, udmabuf and dma-heap, and the union reads and
 //! `poll(2)` of the kernel V4L2 backend (its ioctls are v4l2r's), and
-//! FFmpeg's log callback. Safe RAII types out.
+//! FFmpeg's log callback and frames lent to libavcodec without a copy
+//! (`avframe`). Safe RAII types out.
 //!
 //! # Contract
 //!
@@ -44,6 +45,7 @@
 //! the reverse is not offered, so slices and shared accessors never coexist.
 #![allow(unsafe_code)]
 
+mod avframe;
 mod avlog;
 mod backend;
 mod dmabuf;
@@ -52,6 +54,7 @@ mod mapping;
 mod memfd;
 mod v4l2;
 
+pub use avframe::{FrameMapping, Lease, LendError, LentFrame, PlaneView};
 pub use avlog::{AvLogSink, route_av_log};
 pub use backend::{BACKEND_ENV, DmaBackend, UnknownBackend};
 pub use dmabuf::{

@@ -45,13 +45,45 @@
 //! x264 repeats SPS and PPS in front of every IDR (no global header) and
 //! writes Annex-B start codes. Changing a parameter while encoding reopens
 //! the encoder, so the next frame is an IDR (see [`H264Encoder::set_params`]).
+//!
+//! # Frames without a copy
+//!
+//! [`H264Encoder::encode_mapped`] codes a frame where it lies: libavcodec
+//! gets a refcounted, read-only `AVFrame` whose planes point into a
+//! [`FrameMapping`] of the buffer (the contract layout of `Format::raw`, as
+//! is: YV12 is I420 with the chroma plane pointers swapped; NV12 and NV21
+//! are libavcodec's own), see `sys::avframe`. x264 copies the picture into
+//! its own frame in `x264_encoder_encode`, which takes any stride and any
+//! plane address (its plane copies read unaligned and copy the last row
+//! with `memcpy` so as not to read past the plane), and libavcodec puts no
+//! alignment requirement on an encoder's input: so every layout of the four
+//! formats is lent, odd chroma strides included (322x242 I420: 161), and
+//! the coded stream is byte-identical to the copy's (tested). The picture is
+//! then copied once per frame, by x264, as with `x264enc`.
+//!
+//! libavcodec takes a reference to a sent frame (`av_frame_ref`; a frame
+//! without buffers would be copied) and drops it once the codec took the
+//! picture: inside `avcodec_send_frame` when the previous unit was received
+//! (its one-packet slot is free), else on the next `receive_packet` that
+//! finds the slot empty, or when the encoder is closed. The [`Lease`]
+//! `encode_mapped` returns says when; the caller keeps the buffer unchanged
+//! until then. [`H264Encoder::flush`] first codes a frame libavcodec still
+//! holds (with it inside, the end of stream would be refused).
+//!
+//! [`H264Encoder::encode`] is the copy path, for a frame in plain memory:
+//! the firmware uses it only when an OUTPUT buffer cannot be mapped
+//! (`mmap` refused), and the tests as the reference the lent frames must
+//! match.
 
 use std::fmt;
+use std::sync::Arc;
 
 use ff::util::format::Pixel;
 use ffmpeg_next as ff;
 
 use crate::m2m::{BitrateMode, Format, H264Level, H264Profile, PixelFormat};
+pub use crate::sys::{FrameMapping, Lease};
+use crate::sys::{LendError, LentFrame, PlaneView};
 
 /// QP range of H.264 (8-bit).
 pub const QP_RANGE: (u32, u32) = (0, 51);
@@ -202,6 +234,8 @@ pub enum H264Error {
         height: u32,
         format: PixelFormat,
     },
+    #[error("cannot lend the frame buffer to libavcodec: {0}")]
+    Lend(#[from] LendError),
 }
 
 fn lib(what: &'static str) -> impl FnOnce(ff::Error) -> H264Error {
@@ -456,39 +490,124 @@ impl H264Encoder {
         Ok(rest)
     }
 
-    /// Codes one frame read from `input` (laid out as the raw format). Its
-    /// unit, and any the encoder held back, come from [`Self::receive`].
-    pub fn encode(&mut self, input: &[u8], pts: i64, idr: bool) -> Result<(), H264Error> {
+    /// Opens the encoder if a flush or discard closed it.
+    fn reopen(&mut self) -> Result<(), H264Error> {
         if self.encoder.is_none() {
             self.encoder = Some(open(&self.raw, &self.params)?);
             self.max_inside = 0;
         }
-        let raw = &self.raw;
-        if input.len() < raw.size {
-            return Err(H264Error::ShortFrame {
-                found: input.len(),
-                need: raw.size,
-                width: raw.width,
-                height: raw.height,
-                format: raw.pixelformat,
-            });
-        }
-        // libavcodec hands a sent frame to x264 (which copies the picture)
-        // at once, unless the previous unit was not received yet: then it
-        // still holds a reference to our frame, so write into a new one.
-        if std::mem::take(&mut self.unreceived) {
-            self.frame = ff::frame::Video::new(self.frame.format(), raw.width, raw.height);
-        }
-        let (w, h) = (raw.width as usize, raw.height as usize);
-        // (source plane, rows, bytes per row) for each frame plane.
-        let planes: Vec<(usize, usize, usize)> = match raw.pixelformat {
+        Ok(())
+    }
+
+    /// For each libavcodec plane of the raw format: (contract plane, rows,
+    /// bytes per row). YV12 is I420 with the chroma planes swapped.
+    fn planes(&self) -> Result<Vec<(usize, usize, usize)>, H264Error> {
+        let (w, h) = (self.raw.width as usize, self.raw.height as usize);
+        Ok(match self.raw.pixelformat {
             PixelFormat::I420 => vec![(0, h, w), (1, h / 2, w / 2), (2, h / 2, w / 2)],
             PixelFormat::Yv12 => vec![(0, h, w), (2, h / 2, w / 2), (1, h / 2, w / 2)],
             PixelFormat::Nv12 | PixelFormat::Nv21 => vec![(0, h, w), (1, h / 2, w)],
             other => return Err(H264Error::Format(other)),
-        };
+        })
+    }
+
+    fn short_frame(&self, found: usize) -> H264Error {
+        H264Error::ShortFrame {
+            found,
+            need: self.raw.size,
+            width: self.raw.width,
+            height: self.raw.height,
+            format: self.raw.pixelformat,
+        }
+    }
+
+    /// Sends `frame` (with its pts and picture type) to `encoder`, the
+    /// encoder of `self`: a function of the field, so the copy path can
+    /// send `self.frame`.
+    fn send(encoder: &mut Option<ff::encoder::Video>, frame: &ff::Frame) -> Result<(), H264Error> {
+        let encoder = encoder.as_mut().ok_or(H264Error::Closed)?;
+        encoder.send_frame(frame).map_err(lib("encode"))
+    }
+
+    /// Books a frame sent.
+    fn sent(&mut self) {
+        self.unreceived = true;
+        // The unit of the frame just sent is not out yet either.
+        self.inside += 1;
+    }
+
+    fn kind(idr: bool) -> ff::picture::Type {
+        if idr {
+            ff::picture::Type::I
+        } else {
+            ff::picture::Type::None
+        }
+    }
+
+    /// Codes the frame in `mapping` (laid out as the raw format from byte
+    /// 0) without copying it: libavcodec gets a read-only frame whose planes
+    /// point into the mapping ([`LentFrame`]). Its unit, and any the
+    /// encoder held back, come from [`Self::receive`].
+    ///
+    /// The returned lease says when libavcodec let go of the memory; until
+    /// then the bytes must not change. With libx264 that is inside this
+    /// call (x264 copies the picture into its own frame at once) if the
+    /// previous units were received up to "nothing more" (`receive` gave
+    /// `None`), else during the next `receive`, `flush` or `discard`
+    /// (libavcodec keeps the frame until it can hand it to the codec). On
+    /// an error the lease is released when this returns.
+    pub fn encode_mapped(
+        &mut self,
+        mapping: &Arc<FrameMapping>,
+        pts: i64,
+        idr: bool,
+    ) -> Result<Lease, H264Error> {
+        self.reopen()?;
+        if mapping.len() < self.raw.size {
+            return Err(self.short_frame(mapping.len()));
+        }
+        let planes: Vec<PlaneView> = self
+            .planes()?
+            .into_iter()
+            .map(|(src, rows, row_bytes)| PlaneView {
+                offset: self.raw.planes[src].offset,
+                stride: self.raw.planes[src].stride,
+                rows,
+                row_bytes,
+            })
+            .collect();
+        let pix = pixel(self.raw.pixelformat).ok_or(H264Error::Format(self.raw.pixelformat))?;
+        let (mut frame, lease) =
+            LentFrame::new(mapping, pix, self.raw.width, self.raw.height, &planes)?;
+        frame.set_pts(Some(pts));
+        frame.set_kind(Self::kind(idr));
+        Self::send(&mut self.encoder, frame.frame())?;
+        self.sent();
+        // Our reference goes here; libavcodec holds its own until the codec
+        // took the picture.
+        drop(frame);
+        Ok(lease)
+    }
+
+    /// Codes one frame read from `input` (laid out as the raw format) by
+    /// copying it into a libavcodec frame first: for input that is not in
+    /// a mappable buffer. Its unit, and any the encoder held back, come
+    /// from [`Self::receive`].
+    pub fn encode(&mut self, input: &[u8], pts: i64, idr: bool) -> Result<(), H264Error> {
+        self.reopen()?;
+        if input.len() < self.raw.size {
+            return Err(self.short_frame(input.len()));
+        }
+        let planes = self.planes()?;
+        // libavcodec hands a sent frame to x264 (which copies the picture)
+        // at once, unless the previous unit was not received yet: then it
+        // still holds a reference to our frame, so write into a new one.
+        if std::mem::take(&mut self.unreceived) {
+            self.frame =
+                ff::frame::Video::new(self.frame.format(), self.raw.width, self.raw.height);
+        }
         for (dst_index, &(src_index, rows, bytes)) in planes.iter().enumerate() {
-            let src = raw.planes[src_index];
+            let src = self.raw.planes[src_index];
             let dst_stride = self.frame.stride(dst_index);
             let dst = self.frame.data_mut(dst_index);
             for row in 0..rows {
@@ -498,16 +617,9 @@ impl H264Encoder {
             }
         }
         self.frame.set_pts(Some(pts));
-        self.frame.set_kind(if idr {
-            ff::picture::Type::I
-        } else {
-            ff::picture::Type::None
-        });
-        let encoder = self.encoder.as_mut().ok_or(H264Error::Closed)?;
-        encoder.send_frame(&self.frame).map_err(lib("encode"))?;
-        self.unreceived = true;
-        // The unit of the frame just sent is not out yet either.
-        self.inside += 1;
+        self.frame.set_kind(Self::kind(idr));
+        Self::send(&mut self.encoder, &self.frame)?;
+        self.sent();
         Ok(())
     }
 
@@ -541,8 +653,20 @@ impl H264Encoder {
         };
         self.unreceived = false;
         self.inside = 0;
-        encoder.send_eof().map_err(lib("flush"))?;
+        // A frame libavcodec still holds (the unit before it was not
+        // received) goes to the codec first: with it inside, the end of
+        // stream would be refused (EAGAIN).
         let mut units = Vec::new();
+        loop {
+            let mut packet = ff::Packet::empty();
+            match encoder.receive_packet(&mut packet) {
+                Ok(()) => units.push(AccessUnit { packet }),
+                Err(ff::Error::Other { errno }) if errno == ff::error::EAGAIN => break,
+                Err(ff::Error::Eof) => break,
+                Err(e) => return Err(lib("flush")(e)),
+            }
+        }
+        encoder.send_eof().map_err(lib("flush"))?;
         loop {
             let mut packet = ff::Packet::empty();
             match encoder.receive_packet(&mut packet) {
@@ -677,5 +801,189 @@ mod tests {
         let units = code(&mut enc, &raw, 12, Some(7));
         let keys: Vec<i64> = units.iter().filter(|u| u.1).map(|u| u.0).collect();
         assert_eq!(keys, vec![0, 7]);
+    }
+
+    /// `bytes` in a memfd, and the read-only mapping the engine codes from.
+    fn mapped(bytes: &[u8]) -> Arc<FrameMapping> {
+        use std::os::fd::AsFd;
+        let fd = crate::sys::memfd_sealed("h264enc-test", bytes.len()).unwrap();
+        let mut rw = crate::sys::Mapping::map(fd.as_fd(), bytes.len()).unwrap();
+        rw.as_mut_slice().copy_from_slice(bytes);
+        FrameMapping::map(fd.as_fd(), bytes.len()).unwrap()
+    }
+
+    /// What one operation on both encoders gave: (pts, key, bytes) of each
+    /// unit.
+    type Units = Vec<(i64, bool, Vec<u8>)>;
+
+    fn units(list: impl IntoIterator<Item = AccessUnit>) -> Units {
+        list.into_iter()
+            .map(|u| (u.pts(), u.keyframe(), u.data().to_vec()))
+            .collect()
+    }
+
+    fn receive_all(enc: &mut H264Encoder) -> Units {
+        units(std::iter::from_fn(|| enc.receive().unwrap()))
+    }
+
+    /// Codes `n` frames of `raw` both ways (copied into libavcodec's frame,
+    /// and lent from a mapping), with an IDR forced on frame 5 and the
+    /// bitrate changed before frame 8; returns both streams, after
+    /// checking each lease the way the engine relies on: released by the
+    /// time `encode_mapped` returns (the units before were all received).
+    fn code_both_ways(raw: &Format, params: H264Params, n: usize) -> (Units, Units) {
+        let mut copied = H264Encoder::new(raw, params).unwrap();
+        let mut lent = H264Encoder::new(raw, params).unwrap();
+        let (mut a, mut b) = (Units::new(), Units::new());
+        for i in 0..n {
+            if i == 8 {
+                let p = H264Params {
+                    bitrate: params.bitrate / 2,
+                    ..params
+                };
+                a.extend(units(copied.set_params(p).unwrap()));
+                b.extend(units(lent.set_params(p).unwrap()));
+            }
+            let bytes = frame(raw, i);
+            copied.encode(&bytes, i as i64, i == 5).unwrap();
+            let mapping = mapped(&bytes);
+            let lease = lent.encode_mapped(&mapping, i as i64, i == 5).unwrap();
+            assert!(lease.released(), "frame {i}: libavcodec let go inside send");
+            assert_eq!(
+                Arc::strong_count(&mapping),
+                1,
+                "frame {i}: nothing holds it"
+            );
+            a.extend(receive_all(&mut copied));
+            b.extend(receive_all(&mut lent));
+        }
+        a.extend(units(copied.flush().unwrap()));
+        b.extend(units(lent.flush().unwrap()));
+        (a, b)
+    }
+
+    #[test]
+    fn lent_frames_code_the_same_stream_as_copied_ones() {
+        for low_latency in [true, false] {
+            for (format, w, h) in [
+                (PixelFormat::I420, 322, 242),
+                (PixelFormat::Yv12, 322, 242),
+                (PixelFormat::Nv12, 322, 242),
+                (PixelFormat::Nv21, 320, 240),
+            ] {
+                let raw = Format::raw(format, w, h).unwrap();
+                let params = H264Params {
+                    low_latency,
+                    bitrate: 400_000,
+                    ..H264Params::default()
+                };
+                let (copied, lent) = code_both_ways(&raw, params, 12);
+                let what = format!("{format} {w}x{h} low_latency={low_latency}");
+                assert_eq!(copied.len(), 12, "{what}: every frame");
+                let keys: Vec<i64> = lent.iter().filter(|u| u.1).map(|u| u.0).collect();
+                assert_eq!(keys, vec![0, 5, 8], "{what}: first, forced, reopened");
+                for (c, l) in copied.iter().zip(&lent) {
+                    assert_eq!((c.0, c.1), (l.0, l.1), "{what}");
+                    assert!(c.2 == l.2, "{what}: unit {} differs", c.0);
+                }
+                assert_eq!(copied.len(), lent.len(), "{what}");
+            }
+        }
+    }
+
+    /// Sends frames 0 and 1 without receiving in between (libavcodec keeps
+    /// frame 1 until the unit of frame 0 is taken out).
+    fn send_two(enc: &mut H264Encoder, raw: &Format) -> (Arc<FrameMapping>, Lease, Lease) {
+        let first = mapped(&frame(raw, 0));
+        let lease0 = enc.encode_mapped(&first, 0, false).unwrap();
+        assert!(lease0.released());
+        let second = mapped(&frame(raw, 1));
+        let lease1 = enc.encode_mapped(&second, 1, false).unwrap();
+        (second, lease0, lease1)
+    }
+
+    #[test]
+    fn a_frame_libavcodec_holds_stays_lent_until_the_codec_took_it() {
+        let raw = raw();
+        let mut enc = H264Encoder::new(&raw, H264Params::default()).unwrap();
+        let (second, _, lease1) = send_two(&mut enc, &raw);
+        assert!(!lease1.released(), "unit 0 not received: frame 1 waits");
+        assert_eq!(Arc::strong_count(&second), 2, "libavcodec's reference");
+        let unit0 = enc.receive().unwrap().unwrap();
+        assert_eq!(unit0.pts(), 0);
+        assert!(
+            !lease1.released(),
+            "handing out unit 0 does not code frame 1"
+        );
+        let unit1 = enc.receive().unwrap().unwrap();
+        assert_eq!(unit1.pts(), 1);
+        assert!(lease1.released(), "coding frame 1 let go of it");
+        assert_eq!(Arc::strong_count(&second), 1);
+        assert!(enc.receive().unwrap().is_none());
+
+        // The same stream as copying both frames.
+        let mut copied = H264Encoder::new(&raw, H264Params::default()).unwrap();
+        copied.encode(&frame(&raw, 0), 0, false).unwrap();
+        copied.encode(&frame(&raw, 1), 1, false).unwrap();
+        let expected = receive_all(&mut copied);
+        assert_eq!(expected, units([unit0, unit1]));
+    }
+
+    #[test]
+    fn flush_and_discard_let_go_of_a_held_frame() {
+        let raw = raw();
+        let mut enc = H264Encoder::new(&raw, H264Params::default()).unwrap();
+        let (_, _, lease1) = send_two(&mut enc, &raw);
+        assert!(!lease1.released());
+        let flushed = enc.flush().unwrap();
+        assert_eq!(
+            flushed.iter().map(AccessUnit::pts).collect::<Vec<_>>(),
+            [0, 1]
+        );
+        assert!(lease1.released(), "flush coded the held frame");
+
+        let (second, _, lease1) = send_two(&mut enc, &raw);
+        assert!(!lease1.released());
+        enc.discard();
+        assert!(lease1.released(), "closing the codec let go of it");
+        assert_eq!(Arc::strong_count(&second), 1);
+        // The next stream starts afresh.
+        let lease = enc
+            .encode_mapped(&mapped(&frame(&raw, 2)), 2, false)
+            .unwrap();
+        assert!(lease.released());
+        let units = receive_all(&mut enc);
+        assert_eq!(units.len(), 1);
+        assert!(units[0].1, "an IDR first");
+    }
+
+    #[test]
+    fn dropping_the_encoder_lets_go_of_a_held_frame() {
+        let raw = raw();
+        let mut enc = H264Encoder::new(&raw, H264Params::default()).unwrap();
+        let (second, _, lease1) = send_two(&mut enc, &raw);
+        drop(enc);
+        assert!(lease1.released());
+        assert_eq!(Arc::strong_count(&second), 1);
+    }
+
+    #[test]
+    fn a_mapping_shorter_than_the_frame_is_refused() {
+        let raw = raw();
+        let mut enc = H264Encoder::new(&raw, H264Params::default()).unwrap();
+        let short = mapped(&vec![0; raw.size - 1]);
+        let err = enc.encode_mapped(&short, 0, false).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("holds {} bytes", raw.size - 1)),
+            "{err}"
+        );
+        assert_eq!(Arc::strong_count(&short), 1, "nothing lent");
+        // The encoder goes on.
+        let lease = enc
+            .encode_mapped(&mapped(&frame(&raw, 0)), 0, false)
+            .unwrap();
+        assert!(lease.released());
+        assert_eq!(receive_all(&mut enc).len(), 1);
     }
 }

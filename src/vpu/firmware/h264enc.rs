@@ -11,9 +11,27 @@
 //! flagged LAST; the next frame after it starts a new stream with an IDR.
 //!
 //! Unlike FWHT, input and output are decoupled: an OUTPUT buffer goes back as
-//! soon as the codec has taken the picture (the codec copies it), and units
+//! soon as the codec has taken the picture (x264 copies it), and units
 //! wait in `pending` for a CAPTURE buffer, so a codec that holds frames back
-//! fits. With low latency (the default, `LOW_LATENCY` = 1) every frame gives
+//! fits.
+//!
+//! The frame is not copied on the way to the codec: libavcodec reads it
+//! straight from the OUTPUT buffer, through the VPU's own read-only mapping
+//! of the buffer's fd (made once per buffer and kept while the host's
+//! region lives, like an IOMMU mapping; `sys::FrameMapping`), as a
+//! refcounted frame whose buffer reference owns that mapping
+//! (`codec::h264enc`, "Frames without a copy"). The engine takes the
+//! region's `device_read` guard around the send, so the coherency checker
+//! judges the access like DMA (the host must have handed the buffer over
+//! with `sync_for_device`), and x264's copy of the picture happens inside
+//! it. A buffer goes back only once libavcodec let go of its frame (the
+//! lease is released): at once, since every frame's units are taken out
+//! right after it; a frame libavcodec still holds (its unit not yet
+//! received) keeps its buffer in `held`, checked after every send, receive,
+//! flush and control change, and buffers go back in queue order. An OUTPUT
+//! stream-off closes the codec, which lets go of everything, and the host
+//! takes its buffers back. If a buffer cannot be mapped, the frame is copied
+//! from the `device_read` guard instead (logged). With low latency (the default, `LOW_LATENCY` = 1) every frame gives
 //! its unit at once; in throughput mode (`LOW_LATENCY` = 0, x264 frame
 //! threads) the codec holds up to [`H264Engine::delayed_frames`] frames, and
 //! the session reports one more as its minimum OUTPUT buffers. Every frame
@@ -39,7 +57,8 @@
 //! worth it at these costs; it is the change to make if a core must serve
 //! several 1080p60 sessions.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
 
 use super::Faults;
 use super::drain::Drain;
@@ -49,7 +68,8 @@ use super::session::{FwQueue, QueuedBuffer, Sink, control_name};
 use crate::m2m::{
     BitrateMode, BufferFlags, Colorimetry, Format, H264Level, H264Profile, PixelFormat, QueueKind,
 };
-use crate::vpu::codec::h264enc::{self, AccessUnit, H264Encoder, H264Params};
+use crate::mem::Region;
+use crate::vpu::codec::h264enc::{self, AccessUnit, FrameMapping, H264Encoder, H264Params, Lease};
 use crate::vpu::protocol::ctrl;
 
 /// What waits for a CAPTURE buffer.
@@ -78,6 +98,14 @@ pub(crate) struct H264Engine {
     next_pts: i64,
     in_codec: VecDeque<(i64, u64)>,
     pending: VecDeque<Pending>,
+    /// OUTPUT buffers whose frame libavcodec may still read, in queue
+    /// order: each goes back once its lease is released (at once without
+    /// one: copied, or refused).
+    held: VecDeque<(QueuedBuffer, Option<Lease>)>,
+    /// The VPU's read-only mapping of each OUTPUT buffer, made the first
+    /// time it is coded, by region id (with the region, to drop mappings of
+    /// buffers the host freed).
+    mappings: HashMap<u64, (Weak<Region>, Arc<FrameMapping>)>,
 }
 
 impl CodecEngine for H264Engine {
@@ -107,7 +135,10 @@ impl CodecEngine for H264Engine {
                 let codec = H264Encoder::new(&raw, self.params).map_err(|e| e.to_string())?;
                 let mut coded = Format::coded(PixelFormat::H264, width, height);
                 coded.colorimetry = colorimetry;
+                // The old codec goes (letting go of any frame it held);
+                // like a stream-off, the host owns its buffers again.
                 self.codec = Some(codec);
+                self.release_held_on_flush();
                 self.in_codec.clear();
                 self.pending.clear();
                 output.format = Some(raw);
@@ -200,6 +231,10 @@ impl CodecEngine for H264Engine {
                 if let Some(codec) = self.codec.as_mut() {
                     codec.discard();
                 }
+                // The stream-off gives every OUTPUT buffer back to the host;
+                // closing the codec released them all (libavcodec unrefs the
+                // frame it holds when it is freed).
+                self.release_held_on_flush();
                 self.in_codec.clear();
                 self.pending.clear();
             }
@@ -223,6 +258,11 @@ impl CodecEngine for H264Engine {
         faults: &Faults,
         sink: &mut Sink<'_>,
     ) -> bool {
+        // OUTPUT buffers libavcodec let go of since the last step (a control
+        // change flushed the codec) go back first, streaming or not.
+        if self.return_released(faults, sink) {
+            return true;
+        }
         if !self.drain.is_running() || !capture.streaming {
             return false;
         }
@@ -255,6 +295,7 @@ impl CodecEngine for H264Engine {
                         reason,
                     }),
                 }
+                self.return_released(faults, sink);
                 return true;
             }
             return self.drain.finish(capture, sink);
@@ -318,6 +359,96 @@ impl H264Engine {
         capture_done(&dst, seq, result, sink);
     }
 
+    /// Returns, in order, the held OUTPUT buffers whose frames libavcodec
+    /// let go of; stops at the first it still holds, so buffers go back in
+    /// queue order. True if any went back.
+    fn return_released(&mut self, faults: &Faults, sink: &mut Sink<'_>) -> bool {
+        let mut any = false;
+        while self
+            .held
+            .front()
+            .is_some_and(|(_, lease)| lease.as_ref().is_none_or(Lease::released))
+        {
+            if let Some((src, _)) = self.held.pop_front() {
+                output_done(&src, faults, sink);
+                any = true;
+            }
+        }
+        any
+    }
+
+    /// After the codec was closed by an OUTPUT stream-off (or replaced by a
+    /// new format): the host takes every OUTPUT buffer back, so the held
+    /// ones are forgotten. libavcodec unreferences the frame it holds when
+    /// it is freed, so none is still read; were one (a libavcodec that kept
+    /// a reference elsewhere), its memory stays mapped through the lease's
+    /// own mapping, and the error says so.
+    fn release_held_on_flush(&mut self) {
+        for (src, lease) in self.held.drain(..) {
+            if lease.is_some_and(|l| !l.released()) {
+                log::error!(
+                    "H.264 encoder: libavcodec still references OUTPUT buffer {} after the \
+                     codec was closed",
+                    src.index
+                );
+            }
+        }
+    }
+
+    /// The VPU's read-only mapping of `region` (see `sys::FrameMapping`),
+    /// made once per buffer.
+    fn mapping(&mut self, region: &Arc<Region>) -> std::io::Result<Arc<FrameMapping>> {
+        if let Some((_, m)) = self.mappings.get(&region.id()) {
+            return Ok(Arc::clone(m));
+        }
+        // Mappings of buffers the host freed go with the first new one.
+        self.mappings.retain(|_, (r, _)| r.strong_count() > 0);
+        let m = FrameMapping::map(region.fd(), region.size())?;
+        self.mappings
+            .insert(region.id(), (Arc::downgrade(region), Arc::clone(&m)));
+        Ok(m)
+    }
+
+    /// Codes `src`: libavcodec reads the frame straight from the buffer
+    /// (through the VPU's mapping of it), and the buffer goes back once
+    /// libavcodec let go of it (at once with libx264, which copies the
+    /// picture, since the units of every frame are taken out right after
+    /// it). Only if the buffer cannot be mapped is the frame copied.
+    fn encode_one(
+        &mut self,
+        src: &QueuedBuffer,
+        raw: Option<&Format>,
+        pts: i64,
+    ) -> Result<Option<Lease>, String> {
+        raw_frame(src, raw)?;
+        let idr = src.flags.contains(BufferFlags::KEYFRAME);
+        let mapping = self.mapping(&src.region);
+        let codec = self
+            .codec
+            .as_mut()
+            .ok_or_else(|| "OUTPUT has no format".to_owned())?;
+        // The device reads the region: the guard lets the checker judge the
+        // access (the host must have handed the buffer over), and is held
+        // while libx264 copies the picture.
+        let input = src.region.device_read();
+        match mapping {
+            Ok(mapping) => codec
+                .encode_mapped(&mapping, pts, idr)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Err(e) => {
+                log::warn!(
+                    "H.264 encoder: cannot map OUTPUT buffer {} ({e}), copying the frame",
+                    src.index
+                );
+                codec
+                    .encode(&input, pts, idr)
+                    .map(|()| None)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
     fn encode(
         &mut self,
         src: QueuedBuffer,
@@ -326,28 +457,279 @@ impl H264Engine {
         sink: &mut Sink<'_>,
     ) {
         let pts = self.next_pts;
-        let result = raw_frame(&src, raw).and_then(|raw| {
-            let codec = self
-                .codec
-                .as_mut()
-                .ok_or_else(|| "OUTPUT has no format".to_owned())?;
-            let idr = src.flags.contains(BufferFlags::KEYFRAME);
-            let input = src.region.device_read();
-            codec
-                .encode(&input[..raw.size], pts, idr)
-                .map_err(|e| e.to_string())
-        });
-        output_done(&src, faults, sink);
+        let timestamp = src.timestamp;
+        let (lease, result) = match self.encode_one(&src, raw, pts) {
+            Ok(lease) => (lease, Ok(())),
+            Err(reason) => (None, Err(reason)),
+        };
+        // The buffer waits for its lease (after the ones before it).
+        self.held.push_back((src, lease));
         let received = result.and_then(|()| {
             self.next_pts += 1;
-            self.in_codec.push_back((pts, src.timestamp));
+            self.in_codec.push_back((pts, timestamp));
             self.receive_all()
         });
+        self.return_released(faults, sink);
         if let Err(reason) = received {
-            self.pending.push_back(Pending::Error {
-                timestamp: src.timestamp,
-                reason,
-            });
+            self.pending.push_back(Pending::Error { timestamp, reason });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::{Checker, CheckerConfig, Coherency};
+    use crate::sys::DmaBackend;
+    use crate::vpu::firmware::Outbox;
+    use crate::vpu::protocol::Response;
+
+    const W: u32 = 322;
+    const H: u32 = 242;
+
+    struct Rig {
+        engine: H264Engine,
+        output: FwQueue,
+        capture: FwQueue,
+        raw: Format,
+        checker: Arc<Checker>,
+        faults: Faults,
+        outbox: Outbox,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let checker = Checker::new(CheckerConfig {
+                simulate_cache: true,
+                panic_on_violation: false,
+            });
+            let mut rig = Rig {
+                engine: H264Engine::default(),
+                output: FwQueue::default(),
+                capture: FwQueue::default(),
+                raw: Format::raw(PixelFormat::I420, W, H).unwrap(),
+                checker,
+                faults: Faults::default(),
+                outbox: Outbox::default(),
+            };
+            for queue in [QueueKind::Output, QueueKind::Capture] {
+                let pixfmt = match queue {
+                    QueueKind::Output => PixelFormat::I420,
+                    QueueKind::Capture => PixelFormat::H264,
+                };
+                rig.engine
+                    .set_format(
+                        &mut rig.output,
+                        &mut rig.capture,
+                        queue,
+                        pixfmt,
+                        (W, H),
+                        Colorimetry::default(),
+                    )
+                    .unwrap();
+            }
+            for queue in [QueueKind::Output, QueueKind::Capture] {
+                rig.queue(queue).streaming = true;
+                rig.engine.stream_on(queue);
+            }
+            rig
+        }
+
+        fn queue(&mut self, kind: QueueKind) -> &mut FwQueue {
+            match kind {
+                QueueKind::Output => &mut self.output,
+                QueueKind::Capture => &mut self.capture,
+            }
+        }
+
+        /// A cacheable OUTPUT buffer holding frame `n`, handed to the device
+        /// as the host does (written by the CPU, then `sync_for_device`).
+        fn frame(&self, n: u32) -> QueuedBuffer {
+            let region = Region::allocate(
+                &format!("out{n}"),
+                self.raw.size,
+                Coherency::Cacheable,
+                DmaBackend::Memfd,
+                &self.checker,
+            )
+            .unwrap();
+            for (i, b) in region.cpu_write().iter_mut().enumerate() {
+                *b = ((i + 7 * n as usize) % 251) as u8;
+            }
+            region.sync_for_device().unwrap();
+            QueuedBuffer {
+                index: n,
+                region,
+                bytesused: self.raw.size,
+                timestamp: u64::from(n) * 1000,
+                flags: BufferFlags::NONE,
+            }
+        }
+
+        fn queue_captures(&mut self, n: u32) {
+            for index in 0..n {
+                let region = Region::allocate(
+                    "cap",
+                    256 * 1024,
+                    Coherency::Coherent,
+                    DmaBackend::Memfd,
+                    &self.checker,
+                )
+                .unwrap();
+                self.capture.buffers.push_back(QueuedBuffer {
+                    index,
+                    region,
+                    bytesused: 0,
+                    timestamp: 0,
+                    flags: BufferFlags::NONE,
+                });
+            }
+        }
+
+        fn step_all(&mut self) {
+            let mut sink = Sink {
+                id: 1,
+                outbox: &mut self.outbox,
+            };
+            while self
+                .engine
+                .step(&mut self.output, &mut self.capture, &self.faults, &mut sink)
+            {}
+        }
+
+        /// Indices of the buffers of `queue` returned so far, in order.
+        fn done(&self, queue: QueueKind) -> Vec<u32> {
+            self.outbox
+                .messages
+                .iter()
+                .filter_map(|(_, _, r)| match r {
+                    Response::BufferDone {
+                        queue: q,
+                        index,
+                        error,
+                        ..
+                    } if *q == queue => {
+                        assert!(error.is_empty(), "{queue} {index}: {error}");
+                        Some(*index)
+                    }
+                    _ => None,
+                })
+                .collect()
+        }
+
+        /// Codes `buf` as the engine does but leaves its unit inside the
+        /// codec (nothing received): the state in which libavcodec keeps
+        /// the next frame it is sent.
+        fn send_unreceived(&mut self, buf: QueuedBuffer) -> Lease {
+            let pts = self.engine.next_pts;
+            let lease = self
+                .engine
+                .encode_one(&buf, Some(&self.raw), pts)
+                .unwrap()
+                .expect("a lent frame");
+            self.engine.next_pts += 1;
+            self.engine.in_codec.push_back((pts, buf.timestamp));
+            self.engine.held.push_back((buf, Some(lease.clone())));
+            lease
+        }
+
+        /// Frame 0 coded as usual, then frames 1 and 2 sent with no unit
+        /// received: libavcodec holds frame 2.
+        fn hold_a_frame(&mut self) -> Lease {
+            let buf = self.frame(0);
+            self.output.buffers.push_back(buf);
+            self.step_all();
+            assert_eq!(self.done(QueueKind::Output), [0]);
+            let lease1 = self.send_unreceived(self.frame(1));
+            assert!(lease1.released(), "libavcodec took frame 1 at once");
+            let lease2 = self.send_unreceived(self.frame(2));
+            assert!(
+                !lease2.released(),
+                "frame 2 waits for unit 1 to be received"
+            );
+            self.step_all();
+            assert_eq!(
+                self.done(QueueKind::Output),
+                [0, 1],
+                "buffer 2 is not returned while libavcodec holds it"
+            );
+            lease2
+        }
+
+        fn assert_no_violation(&self) {
+            assert!(
+                self.checker.violations().is_empty(),
+                "{:?}",
+                self.checker.violations()
+            );
+        }
+    }
+
+    #[test]
+    fn every_output_buffer_goes_back_once_coded_without_a_copy() {
+        let mut rig = Rig::new();
+        rig.queue_captures(7);
+        // The host keeps its buffers (and so its regions) while coding.
+        let mut host = Vec::new();
+        for n in 0..6 {
+            let buf = rig.frame(n);
+            host.push(Arc::clone(&buf.region));
+            rig.output.buffers.push_back(buf);
+        }
+        rig.step_all();
+        assert_eq!(rig.done(QueueKind::Output), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(rig.done(QueueKind::Capture).len(), 6);
+        assert!(rig.engine.held.is_empty());
+        assert_eq!(rig.engine.mappings.len(), 6, "one VPU mapping per buffer");
+        // Buffers the host freed lose their mapping with the next new one.
+        drop(host);
+        let buf = rig.frame(6);
+        rig.output.buffers.push_back(buf);
+        rig.step_all();
+        assert_eq!(rig.done(QueueKind::Output).len(), 7);
+        assert_eq!(rig.engine.mappings.len(), 1);
+        rig.assert_no_violation();
+    }
+
+    #[test]
+    fn a_held_frame_goes_back_after_a_control_change_coded_it() {
+        let mut rig = Rig::new();
+        let lease2 = rig.hold_a_frame();
+        // A new bitrate flushes the codec: unit 1 out, frame 2 coded.
+        rig.engine.set_control(ctrl::BITRATE, 1_000_000).unwrap();
+        assert!(lease2.released());
+        rig.queue_captures(4);
+        rig.step_all();
+        assert_eq!(rig.done(QueueKind::Output), [0, 1, 2]);
+        assert_eq!(rig.done(QueueKind::Capture), [0, 1, 2], "every unit");
+        rig.assert_no_violation();
+    }
+
+    #[test]
+    fn a_held_frame_goes_back_when_a_drain_flushes_the_codec() {
+        let mut rig = Rig::new();
+        let lease2 = rig.hold_a_frame();
+        assert!(rig.engine.stop(&rig.output));
+        rig.queue_captures(4);
+        rig.step_all();
+        assert!(lease2.released());
+        assert_eq!(rig.done(QueueKind::Output), [0, 1, 2]);
+        // Units 0, 1, 2, then LAST.
+        assert_eq!(rig.done(QueueKind::Capture), [0, 1, 2, 3]);
+        rig.assert_no_violation();
+    }
+
+    #[test]
+    fn an_output_stream_off_lets_go_of_a_held_frame() {
+        let mut rig = Rig::new();
+        let lease2 = rig.hold_a_frame();
+        rig.output.streaming = false;
+        rig.output.buffers.clear();
+        rig.engine.stream_off(QueueKind::Output);
+        assert!(lease2.released(), "closing the codec let go of frame 2");
+        assert!(rig.engine.held.is_empty(), "the host took the buffers back");
+        rig.step_all();
+        assert_eq!(rig.done(QueueKind::Output), [0, 1]);
+        rig.assert_no_violation();
     }
 }
