@@ -12,9 +12,10 @@
 //! (there is no interrupt thread, see [`driver`]).
 //!
 //! The ABI (`protocol.rs`) is versioned and size-asserted; both sides check
-//! every value the other wrote. The firmware touches frame memory only through
+//! every value the other wrote. The firmware touches frame memory through
 //! `Region::device_read`/`device_write`, so the coherency checker judges it as
-//! it would judge DMA.
+//! it would judge DMA (the H.264 encoder's frames lent to libavcodec are the
+//! one exception, see [`firmware`]).
 
 pub mod codec;
 pub mod driver;

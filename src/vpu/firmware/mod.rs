@@ -6,8 +6,12 @@
 //! the interrupt (VPU -> host eventfd); while there is work it does not
 //! sleep. It sees the host only through the
 //! control region, the IOMMU table and the two eventfds, and reaches frame
-//! memory only through `Region::device_read`/`device_write`, so the coherency
-//! checker sees it exactly like DMA.
+//! memory through `Region::device_read`/`device_write`, so the coherency
+//! checker sees it exactly like DMA. One exception: the H.264 encoder lends
+//! an OUTPUT buffer to libavcodec through its own read-only mapping of the
+//! buffer (`sys::avframe`), taken under a `device_read` guard; when the codec
+//! keeps the frame past that call it reads it later without one, and the
+//! buffer is not handed back to the host until the codec let go of it.
 //!
 //! [`Faults`] lets tests make the core hang, drop or corrupt responses, or run
 //! slowly, to prove the host survives each.
