@@ -95,7 +95,7 @@ impl HostState {
     }
 }
 
-/// A session on an [`EmuVpu`].
+/// A session on an [`EmuVpu`](super::EmuVpu).
 pub struct EmuSession {
     vpu: Arc<Inner>,
     id: u32,
