@@ -18,7 +18,8 @@
 //! # Lifetime and identity
 //!
 //! `wrap` creates an fd memory over `region.fd()` with
-//! `FdMemoryFlags::DONT_CLOSE` (the region owns its fd) of `region.size()`
+//! `FdMemoryFlags::DONT_CLOSE` (the region owns its fd) and `KEEP_MAPPED`
+//! (a pooled buffer is mapped once, not once per CPU access) of `region.size()`
 //! bytes, and keeps the `Arc<Region>` in a registry keyed by the memory, until
 //! the allocator's `free` vfunc has run the parent's free: the region lives
 //! exactly as long as the GstMemory (and its sub-memories, which hold their
