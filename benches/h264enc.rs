@@ -14,6 +14,12 @@
 //! others copy it into their codec). The clock runs from PLAYING to EOS on the
 //! bus, the pipeline having been brought to READY first.
 //!
+//! A second table has the encoders fed by `videotestsrc` itself (frames
+//! generated during the run, `videotestsrc ! fakesink` alone printed as
+//! well): there `vpuh264enc` proposes its pool, so the source writes into
+//! VPU memory and nothing is copied before x264's own copy, as for
+//! `x264enc` reading the source's memory in place.
+//!
 //! Printed per encoder: frames/s and CPU time of the process per frame
 //! (all threads, also those that exited during the run, such as x264's once
 //! the VPU closes it at EOS; `CLOCK_PROCESS_CPUTIME_ID`), medians of the
@@ -205,6 +211,65 @@ fn measure(w: u32, h: u32, n: usize, runs: usize, kbps: u32) {
     }
 }
 
+/// `videotestsrc ! <encoder> ! fakesink`: the source writes each frame
+/// into the encoder's own pool where the encoder proposes one (vpuh264enc
+/// does: VPU memory, no copy), into its own system memory otherwise
+/// (x264enc reads it in place). Frames are generated during the run, so
+/// `videotestsrc ! fakesink` alone is timed too; per row: frames/s and
+/// process CPU per frame, medians, runs in rounds.
+fn live(w: u32, h: u32, n: usize, runs: usize, kbps: u32) {
+    let source = format!(
+        "videotestsrc num-buffers={n} pattern=smpte horizontal-speed=3 ! \
+         video/x-raw,format=I420,width={w},height={h},framerate=30/1"
+    );
+    let rows = [
+        ("videotestsrc ! fakesink", String::new()),
+        (
+            "videotestsrc ! vpuh264enc",
+            format!("vpuh264enc gop-size={GOP} bitrate={kbps} !"),
+        ),
+        (
+            "videotestsrc ! x264enc zerolatency",
+            format!(
+                "x264enc speed-preset=ultrafast tune=zerolatency key-int-max={GOP} \
+                 bitrate={kbps} !"
+            ),
+        ),
+    ];
+    let mut results: Vec<Vec<(f64, f64)>> = rows.iter().map(|_| Vec::new()).collect();
+    for _ in 0..runs {
+        for ((_, enc), out) in rows.iter().zip(&mut results) {
+            let pipeline = common::launch(&format!("{source} ! {enc} fakesink sync=false"));
+            pipeline.set_state(gst::State::Ready).expect("READY");
+            let cpu0 = cpu_secs();
+            let t = Instant::now();
+            pipeline.set_state(gst::State::Playing).expect("PLAYING");
+            wait_eos(&pipeline);
+            out.push((t.elapsed().as_secs_f64(), cpu_secs() - cpu0));
+            pipeline.set_state(gst::State::Null).expect("NULL");
+        }
+    }
+    let fps: Vec<f64> = results
+        .iter()
+        .map(|rs| median(rs.iter().map(|r| n as f64 / r.0).collect()))
+        .collect();
+    for (i, ((name, _), rs)) in rows.iter().zip(&results).enumerate() {
+        let cpu = median(rs.iter().map(|r| r.1 * 1000.0 / n as f64).collect());
+        let ratio = if i == 1 {
+            format!("{:.2} vs x264enc zerolatency", fps[1] / fps[2])
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<11} {:<34} {:>8.1} {:>10.2}  {ratio}",
+            format!("{w}x{h}"),
+            name,
+            fps[i],
+            cpu
+        );
+    }
+}
+
 /// The engine's hand-off alone (no GStreamer, no VPU rings): the same
 /// frames coded by two `H264Encoder`s, one copying each frame into its
 /// libavcodec frame (`encode`, the engine's path before frames were lent),
@@ -326,6 +391,13 @@ fn main() {
     );
     for &(w, h, n) in &sizes {
         measure(w, h, n, runs, kbps);
+    }
+    println!(
+        "from videotestsrc, frames generated during the run (into vpuh264enc's own VPU\n  \
+         memory; x264enc reads videotestsrc's system memory in place): frames/s, cpu ms/f"
+    );
+    for &(w, h, n) in &sizes {
+        live(w, h, n, runs, kbps);
     }
     println!(
         "engine hand-off: the calling thread's CPU per frame to send a frame and take its\n  \
