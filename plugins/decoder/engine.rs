@@ -425,18 +425,15 @@ impl Engine {
             self.session
                 .add_buffers(QueueKind::Capture, step, Memory::Allocate(coherency))?;
         let n = buffers.len();
-        for b in buffers {
-            self.session.queue(b).map_err(|e| e.error)?;
-        }
         capture.count += n as u32;
+        for b in buffers {
+            self.queue_capture(b)?;
+        }
         log::debug!(
             "downstream holds every frame: CAPTURE pool grown by {n} to {} (generation {generation})",
             capture.count
         );
-        self.notify(|i| {
-            i.queued_capture += n;
-            i.grown += n as u64;
-        });
+        self.notify(|i| i.grown += n as u64);
         Ok(n as u32)
     }
 
@@ -474,12 +471,25 @@ impl Engine {
         capture.streaming = Some(generation);
         capture.count = buffers.len() as u32;
         capture.coherency = Some(coherency);
-        let n = buffers.len();
         for b in buffers {
-            self.session.queue(b).map_err(|e| e.error)?;
+            self.queue_capture(b)?;
         }
-        self.notify(|i| i.queued_capture += n);
+        self.cond.notify_all();
         Ok(generation)
+    }
+
+    /// Queues a CAPTURE buffer, counted as held by the VPU *before* it is
+    /// queued: the VPU may fill it, and the capture thread count it back,
+    /// before `queue` returns (counted after, the decrement found 0 and the
+    /// late increment left the count one too high for good, so a VPU
+    /// starved of CAPTURE buffers looked fed and the pool never grew: the
+    /// decoder stalled, "no OUTPUT buffer came back").
+    fn queue_capture(&self, b: Buffer) -> Result<(), M2mError> {
+        self.update(|i| i.queued_capture += 1);
+        self.session.queue(b).map_err(|e| {
+            self.update(|i| i.queued_capture = i.queued_capture.saturating_sub(1));
+            e.error
+        })
     }
 
     /// Gives a CAPTURE buffer back to the VPU if its allocation
@@ -494,12 +504,11 @@ impl Engine {
         if b.region.owner() == Owner::Device {
             b.flags = BufferFlags::NO_CACHE_CLEAN;
         }
-        match self.session.queue(b) {
-            Ok(()) => {
-                drop(capture);
-                self.notify(|i| i.queued_capture += 1);
-            }
-            Err(e) => log::warn!("re-queueing CAPTURE buffer {index}: {}", e.error),
+        let queued = self.queue_capture(b);
+        drop(capture);
+        match queued {
+            Ok(()) => self.cond.notify_all(),
+            Err(e) => log::warn!("re-queueing CAPTURE buffer {index}: {e}"),
         }
     }
 
