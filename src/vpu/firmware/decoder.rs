@@ -19,9 +19,6 @@ use super::session::{FwQueue, QueuedBuffer, Sink};
 use crate::m2m::{BufferFlags, Colorimetry, Format, PixelFormat, QueueKind};
 use crate::vpu::codec::fwht::{self, FrameScanner, FwhtDecoder, FwhtHeader};
 
-/// Complete frames held before the core stops taking OUTPUT buffers.
-const MAX_PENDING_FRAMES: usize = 2;
-
 /// What the stream looks like, from its frame headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct StreamInfo {
@@ -170,7 +167,31 @@ impl CodecEngine for Decoder {
     }
 
     /// One unit of work; false when nothing more can happen now.
+    ///
+    /// Taking in an OUTPUT buffer that completes a frame and decoding that
+    /// frame are one unit, as a kernel m2m job takes one OUTPUT and one
+    /// CAPTURE buffer: both come back with one interrupt, so the host wakes
+    /// once per frame rather than once per buffer.
     fn step(
+        &mut self,
+        output: &mut FwQueue,
+        capture: &mut FwQueue,
+        faults: &Faults,
+        sink: &mut Sink<'_>,
+    ) -> bool {
+        let pending = self.items.len();
+        let progress = self.step_once(output, capture, faults, sink);
+        if progress && pending == 0 && !self.items.is_empty() {
+            // Whatever must come first (the LAST of the old format before a
+            // new one) still does: this is an ordinary step.
+            self.step_once(output, capture, faults, sink);
+        }
+        progress
+    }
+}
+
+impl Decoder {
+    fn step_once(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
@@ -217,9 +238,9 @@ impl CodecEngine for Decoder {
             }
             return true;
         }
-        if self.items.len() < MAX_PENDING_FRAMES
-            && let Some(buf) = self.drain.take_output(output)
-        {
+        // Only with every frame found so far decoded (the branch above
+        // returns otherwise).
+        if let Some(buf) = self.drain.take_output(output) {
             self.consume(&buf, capture, sink);
             return true;
         }
@@ -422,5 +443,114 @@ impl Decoder {
             }
         }
         self.drain.finish(capture, sink)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::mem::{Checker, CheckerConfig, Coherency, Region};
+    use crate::sys::DmaBackend;
+    use crate::vpu::codec::fwht::{EncoderParams, FwhtEncoder, test_pattern};
+    use crate::vpu::firmware::Outbox;
+    use crate::vpu::protocol::Response;
+
+    fn buffer(checker: &Arc<Checker>, index: u32, data: &[u8], size: usize) -> QueuedBuffer {
+        let region = Region::allocate("t", size, Coherency::Coherent, DmaBackend::Memfd, checker)
+            .expect("a memfd region");
+        region.cpu_write()[..data.len()].copy_from_slice(data);
+        QueuedBuffer {
+            index,
+            region,
+            bytesused: data.len(),
+            timestamp: u64::from(index),
+            flags: BufferFlags::NONE,
+        }
+    }
+
+    /// (queue, index) of every buffer returned, in order.
+    fn dones(outbox: &mut Outbox) -> Vec<(QueueKind, u32)> {
+        outbox
+            .messages
+            .drain(..)
+            .filter_map(|(_, _, r)| match r {
+                Response::BufferDone { queue, index, .. } => Some((queue, index)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A frame's OUTPUT buffer and the CAPTURE buffer it decodes into come
+    /// back from one step, so one interrupt tells the host about both.
+    #[test]
+    fn a_frame_s_output_and_capture_buffers_come_back_from_one_step() {
+        let checker = Checker::new(CheckerConfig::default());
+        let raw = Format::raw(PixelFormat::I420, 64, 48).unwrap();
+        let mut enc = FwhtEncoder::new(&raw, EncoderParams::default()).unwrap();
+        let coded: Vec<Vec<u8>> = (0..3)
+            .map(|i| {
+                let mut src = vec![0; raw.size];
+                test_pattern(&raw, i, &mut src);
+                let mut dst = vec![0; FwhtEncoder::max_frame_size(&raw)];
+                let n = enc.encode(&src, &mut dst).unwrap().bytes;
+                dst.truncate(n);
+                dst
+            })
+            .collect();
+        let (mut output, mut capture) = (FwQueue::default(), FwQueue::default());
+        output.streaming = true;
+        let mut dec = Decoder::default();
+        let mut outbox = Outbox::default();
+        let faults = Faults::default();
+        let mut step = |dec: &mut Decoder, output: &mut FwQueue, capture: &mut FwQueue| {
+            let mut sink = Sink {
+                id: 1,
+                outbox: &mut outbox,
+            };
+            let progress = dec.step(output, capture, &faults, &mut sink);
+            (progress, dones(sink.outbox))
+        };
+        // The first frame tells the format; nothing decodes before CAPTURE
+        // is set up.
+        output
+            .buffers
+            .push_back(buffer(&checker, 0, &coded[0], 4096));
+        let (progress, done) = step(&mut dec, &mut output, &mut capture);
+        assert!(progress);
+        assert_eq!(done, vec![(QueueKind::Output, 0)]);
+        dec.set_format(
+            &mut output,
+            &mut capture,
+            QueueKind::Capture,
+            PixelFormat::I420,
+            (64, 48),
+            Colorimetry::default(),
+        )
+        .unwrap();
+        capture.streaming = true;
+        dec.stream_on(QueueKind::Capture);
+        for i in 0..2 {
+            capture
+                .buffers
+                .push_back(buffer(&checker, i, &[], raw.size));
+        }
+        let (_, done) = step(&mut dec, &mut output, &mut capture);
+        assert_eq!(done, vec![(QueueKind::Capture, 1)], "the held frame");
+        // From now on, one step per frame returns both of its buffers.
+        for (i, frame) in coded.iter().enumerate().skip(1) {
+            output
+                .buffers
+                .push_back(buffer(&checker, i as u32, frame, 4096));
+            let (progress, done) = step(&mut dec, &mut output, &mut capture);
+            assert!(progress);
+            assert_eq!(done.len(), 2, "frame {i}: {done:?}");
+            assert_eq!(done[0], (QueueKind::Output, i as u32));
+            assert_eq!(done[1].0, QueueKind::Capture);
+            capture
+                .buffers
+                .push_back(buffer(&checker, done[1].1, &[], raw.size));
+        }
     }
 }
