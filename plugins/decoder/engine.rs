@@ -639,6 +639,10 @@ mod tests {
         events: Mutex<VecDeque<Event>>,
         after_start: Mutex<Vec<Event>>,
         start_delay: Duration,
+        /// A queued CAPTURE buffer comes back filled at once, and `queue`
+        /// returns only once the capture thread took that event (a VPU
+        /// faster than the queueing thread, as the emulated one can be).
+        fill_on_queue: bool,
     }
 
     impl Session for Scripted {
@@ -697,7 +701,18 @@ mod tests {
         fn stream_off(&self, _queue: QueueKind) -> Result<Vec<Buffer>, M2mError> {
             Ok(Vec::new())
         }
-        fn queue(&self, _buffer: Buffer) -> Result<(), QueueError> {
+        fn queue(&self, buffer: Buffer) -> Result<(), QueueError> {
+            if self.fill_on_queue && buffer.queue == QueueKind::Capture {
+                let done = Buffer {
+                    bytesused: 64,
+                    ..buffer
+                };
+                lock(&self.events).push_back(Event::BufferDone(done));
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while !lock(&self.events).is_empty() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
             Ok(())
         }
         fn wait_event(&self, timeout: Duration) -> Result<Option<Event>, M2mError> {
@@ -738,6 +753,7 @@ mod tests {
             events: Mutex::new(events.into()),
             after_start: Mutex::new(after_start),
             start_delay: Duration::from_millis(200),
+            fill_on_queue: false,
         }));
         engine
             .start_capture(3, Coherency::Coherent)
@@ -782,5 +798,45 @@ mod tests {
         ];
         let late = vec![Event::BufferDone(capture(0, 5, 64, BufferFlags::PFRAME))];
         assert_eq!(drain_then_ready(events, late), vec![4, 5]);
+    }
+
+    /// A CAPTURE buffer the VPU fills (and the capture thread counts back)
+    /// before `queue` returned must not leave the count of buffers the VPU
+    /// holds one too high: the decoder would take a starved VPU for a fed
+    /// one and never grow its pool (it stalled under load).
+    #[test]
+    fn a_capture_buffer_filled_before_queue_returns_is_not_counted_as_held() {
+        let engine = Engine::new(Box::new(Scripted {
+            events: Mutex::new(VecDeque::new()),
+            after_start: Mutex::new(Vec::new()),
+            start_delay: Duration::ZERO,
+            fill_on_queue: true,
+        }));
+        let thread = engine.spawn().expect("the capture thread");
+        let generation = engine
+            .start_capture(2, Coherency::Coherent)
+            .expect("the scripted CAPTURE queue");
+        assert_eq!(
+            lock(&engine.inner).queued_capture,
+            0,
+            "both came back filled"
+        );
+        let mut frames = Vec::new();
+        while let Some(ready) = engine.pop_ready() {
+            if let Ready::Frame(b) = ready {
+                frames.push(b);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        for b in frames {
+            engine.requeue_capture(generation, b.index, b.region);
+        }
+        assert_eq!(
+            lock(&engine.inner).queued_capture,
+            0,
+            "re-queued and filled"
+        );
+        engine.shutdown();
+        thread.join().expect("the capture thread ends");
     }
 }
