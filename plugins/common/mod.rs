@@ -6,6 +6,7 @@
 //! `vpufwhtenc`, `vpuh264enc`) are its users.
 
 pub(crate) mod device;
+pub(crate) mod events;
 pub(crate) mod formats;
 pub(crate) mod log_bridge;
 pub(crate) mod stats;

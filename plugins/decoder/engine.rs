@@ -47,10 +47,6 @@ use crate::mem::{Coherency, Owner, Region};
 /// the streaming thread) lasts at most: the reaction time to a shutdown.
 pub(super) const WAIT_SLICE: Duration = Duration::from_millis(20);
 
-/// Most events the capture thread handles before it wakes the streaming
-/// thread.
-const BATCH: usize = 8;
-
 /// OUTPUT (bitstream) buffers: the device minimum plus this many, so the
 /// streaming thread can fill one while the VPU parses the others.
 const EXTRA_OUTPUT: u32 = 2;
@@ -174,28 +170,14 @@ impl Engine {
 
     fn run(&self) {
         while !self.stop.load(Ordering::Acquire) {
-            let mut timeout = WAIT_SLICE;
-            let mut handled = 0;
-            // What came with the first event is handled too before the
-            // streaming thread is woken: the VPU finishes a frame's OUTPUT
-            // and CAPTURE buffers together, and one wake-up per frame is
-            // enough (one per event cost the streaming thread a context
-            // switch more per frame). Bounded, so that a device completing
-            // buffers without pause still lets the streaming thread run.
-            let failed = loop {
-                match self.next_event(timeout) {
-                    Ok(Some(e)) => {
-                        self.handle(e);
-                        handled += 1;
-                        timeout = Duration::ZERO;
-                        if handled == BATCH {
-                            break None;
-                        }
-                    }
-                    Ok(None) => break None,
-                    Err(e) => break Some(e),
-                }
-            };
+            let (handled, failed) = crate::common::events::handle_batch(
+                WAIT_SLICE,
+                |timeout| self.next_event(timeout),
+                |event| {
+                    self.handle(event);
+                    Ok(())
+                },
+            );
             if handled > 0 {
                 self.cond.notify_all();
             }

@@ -598,37 +598,18 @@ fn free_slot(inner: &mut Inner, copy_slots: u32, slot: u32) {
     }
 }
 
-/// Most events the capture thread handles before it wakes the streaming
-/// thread.
-const BATCH: usize = 8;
-
 fn capture_loop(shared: &Shared) {
     let session = shared.session.as_ref();
     loop {
         if lock(&shared.inner).stop {
             return;
         }
-        // What came with the first event is handled too before the streaming
-        // thread is woken, once: the VPU finishes a frame's OUTPUT and
-        // CAPTURE buffers together. Bounded, so that a device completing
-        // buffers without pause still lets the streaming thread run.
-        let mut timeout = POLL;
-        let mut handled = 0;
-        let failed = loop {
-            let event = match session.wait_event(timeout) {
-                Ok(Some(event)) => event,
-                Ok(None) => break None,
-                Err(e) => break Some(e.to_string()),
-            };
-            if let Err(e) = on_event(shared, event) {
-                break Some(e);
-            }
-            handled += 1;
-            timeout = Duration::ZERO;
-            if handled == BATCH {
-                break None;
-            }
-        };
+        // The streaming thread is woken once per batch of events.
+        let (handled, failed) = crate::common::events::handle_batch(
+            POLL,
+            |timeout| session.wait_event(timeout).map_err(|e| e.to_string()),
+            |event| on_event(shared, event),
+        );
         if let Some(e) = failed {
             log::error!("vpu-capture: {e}");
             lock(&shared.inner).error = Some(e);
