@@ -448,39 +448,11 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::mem::{Checker, CheckerConfig, Coherency, Region};
-    use crate::sys::DmaBackend;
+    use crate::mem::{Checker, CheckerConfig};
     use crate::vpu::codec::fwht::{EncoderParams, FwhtEncoder, test_pattern};
     use crate::vpu::firmware::Outbox;
-    use crate::vpu::protocol::Response;
-
-    fn buffer(checker: &Arc<Checker>, index: u32, data: &[u8], size: usize) -> QueuedBuffer {
-        let region = Region::allocate("t", size, Coherency::Coherent, DmaBackend::Memfd, checker)
-            .expect("a memfd region");
-        region.cpu_write()[..data.len()].copy_from_slice(data);
-        QueuedBuffer {
-            index,
-            region,
-            bytesused: data.len(),
-            timestamp: u64::from(index),
-            flags: BufferFlags::NONE,
-        }
-    }
-
-    /// (queue, index) of every buffer returned, in order.
-    fn dones(outbox: &mut Outbox) -> Vec<(QueueKind, u32)> {
-        outbox
-            .messages
-            .drain(..)
-            .filter_map(|(_, _, r)| match r {
-                Response::BufferDone { queue, index, .. } => Some((queue, index)),
-                _ => None,
-            })
-            .collect()
-    }
+    use crate::vpu::firmware::testing::{buffer, dones};
 
     /// A frame's OUTPUT buffer and the CAPTURE buffer it decodes into come
     /// back from one step, so one interrupt tells the host about both.

@@ -192,6 +192,15 @@ impl CodecEngine for H264Dec {
         }
     }
 
+    /// One unit of work; false when nothing more can happen now.
+    ///
+    /// Taking in an OUTPUT buffer's access unit, handing it to libavcodec
+    /// and writing the picture that comes out are one unit, as a kernel m2m
+    /// job takes one OUTPUT and one CAPTURE buffer: both come back with one
+    /// interrupt, so the host wakes once per frame, not once per buffer.
+    /// (libavcodec's frame threads keep the picture of an earlier access
+    /// unit coming out at each one once they are all busy.) A step still
+    /// parses at most one access unit and copies at most one picture.
     fn step(
         &mut self,
         output: &mut FwQueue,
@@ -199,37 +208,78 @@ impl CodecEngine for H264Dec {
         faults: &Faults,
         sink: &mut Sink<'_>,
     ) -> bool {
+        let mut did = self.step_once(output, capture, faults, sink);
+        let progress = did != Did::Nothing;
+        // Consumed -> decoded -> written, no further: whatever must come
+        // first (a picture already waiting for a CAPTURE buffer, the LAST
+        // of the old geometry) still does, as in separate steps.
+        for _ in 0..2 {
+            if !matches!(did, Did::Consumed | Did::Decoded) {
+                break;
+            }
+            did = self.step_once(output, capture, faults, sink);
+        }
+        progress
+    }
+}
+
+/// What one [`H264Dec::step_once`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Did {
+    Nothing,
+    /// Took in an OUTPUT buffer.
+    Consumed,
+    /// Handed an access unit to the codec.
+    Decoded,
+    /// Anything else (a CAPTURE buffer written, a source change, LAST).
+    Other,
+}
+
+impl From<bool> for Did {
+    fn from(progress: bool) -> Did {
+        if progress { Did::Other } else { Did::Nothing }
+    }
+}
+
+impl H264Dec {
+    fn step_once(
+        &mut self,
+        output: &mut FwQueue,
+        capture: &mut FwQueue,
+        faults: &Faults,
+        sink: &mut Sink<'_>,
+    ) -> Did {
         if let Some(progress) = self.drain.send_owed_last(capture, sink) {
-            return progress;
+            return progress.into();
         }
         if !self.drain.is_running() {
-            return false;
+            return Did::Nothing;
         }
         if let Some(result) = self.results.front() {
             if let Outcome::Change(info) = result {
                 let info = info.clone();
                 self.results.pop_front();
                 self.source_change(info, capture, sink);
-                return true;
+                return Did::Other;
             }
             if !capture.streaming {
-                return false;
+                return Did::Nothing;
             }
             let Some(buf) = capture.buffers.pop_front() else {
-                return false;
+                return Did::Nothing;
             };
             if let Some(result) = self.results.pop_front() {
                 self.write(result, buf, capture.format.as_ref(), faults, sink);
             }
-            return true;
+            return Did::Other;
         }
         if !self.units.is_empty() {
             self.decode_unit(capture, sink);
-            return true;
+            return Did::Decoded;
         }
         if let Some(buf) = self.drain.take_output(output) {
             self.consume(&buf, capture, sink);
-            return true;
+            return Did::Consumed;
         }
         if self.drain.drained() {
             if !self.eof_sent {
@@ -238,15 +288,13 @@ impl CodecEngine for H264Dec {
                     c.send_eof();
                 }
                 self.collect(true);
-                return true;
+                return Did::Other;
             }
-            return self.finish_drain(capture, sink);
+            return self.finish_drain(capture, sink).into();
         }
-        false
+        Did::Nothing
     }
-}
 
-impl H264Dec {
     fn decoder(&mut self) -> Result<&mut H264Decoder, String> {
         if self.codec.is_none() {
             self.codec = Some(H264Decoder::new(decoder_threads()).map_err(|e| e.to_string())?);
@@ -649,4 +697,123 @@ fn copy_picture(picture: &Picture, format: &Format, dst: &mut [u8]) -> Result<us
         other => return Err(format!("the H.264 engine does not write {other}")),
     }
     Ok(format.size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::{Checker, CheckerConfig};
+    use crate::vpu::codec::fwht::test_pattern;
+    use crate::vpu::codec::h264enc::{H264Encoder, H264Params};
+    use crate::vpu::firmware::Outbox;
+    use crate::vpu::firmware::testing::{buffer, dones};
+
+    /// Access units of `n` frames from libx264 (low latency: one unit per
+    /// frame, in order, no reordering).
+    fn stream(raw: &Format, n: u32) -> Vec<Vec<u8>> {
+        let mut enc = H264Encoder::new(raw, H264Params::default()).expect("an encoder");
+        let mut units = Vec::new();
+        let mut src = vec![0; raw.size];
+        for i in 0..n {
+            test_pattern(raw, i, &mut src);
+            enc.encode(&src, i64::from(i), false).expect("encode");
+            while let Some(u) = enc.receive().expect("receive") {
+                units.push(u.data().to_vec());
+            }
+        }
+        units.extend(
+            enc.flush()
+                .expect("flush")
+                .iter()
+                .map(|u| u.data().to_vec()),
+        );
+        units
+    }
+
+    /// Once libavcodec's frame threads are all busy, an access unit's OUTPUT
+    /// buffer and the CAPTURE buffer of the picture that comes out come back
+    /// from one step, so one interrupt tells the host about both.
+    #[test]
+    fn an_access_unit_s_output_and_a_picture_come_back_from_one_step() {
+        let checker = Checker::new(CheckerConfig::default());
+        let raw = Format::raw(PixelFormat::I420, 320, 240).expect("a layout");
+        let units = stream(&raw, 12);
+        assert_eq!(units.len(), 12, "one access unit per frame");
+        let (mut output, mut capture) = (FwQueue::default(), FwQueue::default());
+        output.streaming = true;
+        let mut dec = H264Dec::default();
+        let mut outbox = Outbox::default();
+        let faults = Faults::default();
+        let mut step = |dec: &mut H264Dec, output: &mut FwQueue, capture: &mut FwQueue| {
+            let mut sink = Sink {
+                id: 1,
+                outbox: &mut outbox,
+            };
+            let progress = dec.step(output, capture, &faults, &mut sink);
+            (progress, dones(sink.outbox))
+        };
+        // The first access unit tells the format; no picture is written
+        // before CAPTURE is set up.
+        output
+            .buffers
+            .push_back(buffer(&checker, 0, &units[0], 1 << 16));
+        let (progress, done) = step(&mut dec, &mut output, &mut capture);
+        assert!(progress);
+        assert_eq!(done, vec![(QueueKind::Output, 0)]);
+        dec.set_format(
+            &mut output,
+            &mut capture,
+            QueueKind::Capture,
+            PixelFormat::I420,
+            (320, 240),
+            Colorimetry::default(),
+        )
+        .expect("the CAPTURE format");
+        capture.streaming = true;
+        dec.stream_on(QueueKind::Capture);
+        for i in 0..8 {
+            capture
+                .buffers
+                .push_back(buffer(&checker, i, &[], raw.size));
+        }
+        // A picture that came out before CAPTURE was ready.
+        let mut pictures = 0;
+        loop {
+            let (progress, done) = step(&mut dec, &mut output, &mut capture);
+            if !progress {
+                break;
+            }
+            assert!(done.iter().all(|d| d.0 == QueueKind::Capture), "{done:?}");
+            pictures += done.len();
+        }
+        let threads = decoder_threads();
+        for (i, unit) in units.iter().enumerate().skip(1) {
+            output
+                .buffers
+                .push_back(buffer(&checker, i as u32, unit, 1 << 16));
+            let (progress, done) = step(&mut dec, &mut output, &mut capture);
+            assert!(progress);
+            assert_eq!(
+                done.first(),
+                Some(&(QueueKind::Output, i as u32)),
+                "unit {i}: {done:?}"
+            );
+            for &(queue, index) in done.iter().skip(1) {
+                assert_eq!(queue, QueueKind::Capture, "unit {i}: {done:?}");
+                capture
+                    .buffers
+                    .push_back(buffer(&checker, index, &[], raw.size));
+            }
+            pictures += done.len().saturating_sub(1);
+            if i >= threads {
+                // Frame threads hold at most `threads - 1` pictures back.
+                assert_eq!(done.len(), 2, "unit {i} ({threads} threads): {done:?}");
+            }
+        }
+        assert!(
+            pictures + threads >= units.len(),
+            "{pictures} pictures of {} units",
+            units.len()
+        );
+    }
 }

@@ -25,6 +25,8 @@ mod engine;
 mod h264dec;
 mod h264enc;
 mod session;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
