@@ -266,9 +266,12 @@ fn the_encoder_imports_a_kernel_decoders_exported_dma_bufs_without_copies() {
     // What reached the encoder: each frame's bytes and whether it came as a
     // dma-buf, read before the encoder takes it.
     let received = Arc::new(Mutex::new(Vec::<(Vec<u8>, bool)>::new()));
+    // The producer's memories (by address: its pool keeps them).
+    let memories = Arc::new(Mutex::new(std::collections::HashSet::<usize>::new()));
     let caps = Arc::new(Mutex::new(None::<gst::Caps>));
     {
         let received = Arc::clone(&received);
+        let memories = Arc::clone(&memories);
         let caps = Arc::clone(&caps);
         enc.static_pad("sink").unwrap().add_probe(
             gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
@@ -279,6 +282,12 @@ fn the_encoder_imports_a_kernel_decoders_exported_dma_bufs_without_copies() {
                             && buffer
                                 .peek_memory(0)
                                 .is_memory_type::<gst_allocators::DmaBufMemory>();
+                        if dmabuf {
+                            memories
+                                .lock()
+                                .unwrap()
+                                .insert(buffer.peek_memory(0).as_ptr() as usize);
+                        }
                         let map = buffer.map_readable().unwrap();
                         received.lock().unwrap().push((map.to_vec(), dmabuf));
                     }
@@ -313,6 +322,15 @@ fn the_encoder_imports_a_kernel_decoders_exported_dma_bufs_without_copies() {
         "{stats}"
     );
     assert_eq!(stats.get::<u64>("frame-copies").unwrap(), 0, "{stats}");
+    // Each of the producer's buffers is mapped into the VPU once (the
+    // mapping is kept with its memory), not once per frame.
+    let memories = memories.lock().unwrap().len() as u64;
+    assert!(memories < frames, "{memories} memories for {frames} frames");
+    assert_eq!(
+        stats.get::<u64>("import-maps").unwrap(),
+        memories,
+        "one VPU mapping per producer buffer: {stats}"
+    );
     assert_eq!(
         stats.get::<u64>("coherency-violations").unwrap(),
         0,

@@ -290,6 +290,109 @@ fn vpu_memory_is_imported_without_a_copy() {
     assert_eq!(stat(&stats, "coherency-violations"), 0, "{stats}");
 }
 
+/// A foreign dma-buf producer's pool (GstDmaBufMemory from GStreamer's own
+/// allocator, not ours; memfds stand in for dma-bufs on a host without
+/// them): every frame is imported, none copied, and each of the producer's
+/// buffers is mapped into the VPU once, however often it comes round.
+#[test]
+fn a_foreign_dma_buf_pool_is_mapped_once_per_buffer() {
+    use gst_allocators::prelude::*;
+    const POOL: u32 = 3;
+    const FRAMES: u32 = 12;
+    let raw = Format::raw(PixelFormat::I420, 320, 240).unwrap();
+    let (mut h, info) = harness(&raw, &[("gop-size", 4)]);
+    let checker = Checker::new(CheckerConfig::default());
+    let producer = gst_allocators::DmaBufAllocator::new();
+    let pool: Vec<(gst::Memory, Vec<u8>)> = (0..POOL)
+        .map(|i| {
+            let region = Region::allocate(
+                &format!("producer-{i}"),
+                raw.size,
+                Coherency::Coherent,
+                DmaBackend::Memfd,
+                &checker,
+            )
+            .unwrap();
+            let mut data = vec![0; raw.size];
+            fwht::test_pattern(&raw, i, &mut data);
+            region.cpu_write().copy_from_slice(&data);
+            let fd = region.fd().try_clone_to_owned().unwrap();
+            // SAFETY: the fd is a fresh duplicate, handed over to GStreamer,
+            // which closes it with the memory.
+            let mem = unsafe { producer.alloc_dmabuf(fd, raw.size) }.unwrap();
+            (mem, data)
+        })
+        .collect();
+    let mut frames = Vec::new();
+    for i in 0..FRAMES {
+        let (mem, data) = &pool[(i % POOL) as usize];
+        // As a pool does: a buffer goes out again once it came back (the
+        // encoder's buffer holding it freed).
+        let waited = std::time::Instant::now();
+        while !mem.is_writable() {
+            assert!(
+                waited.elapsed() < Duration::from_secs(10),
+                "frame {i}: the encoder still holds producer buffer {}",
+                i % POOL
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        frames.push(data.clone());
+        let mut b = gst::Buffer::new();
+        {
+            let b = b.get_mut().unwrap();
+            b.append_memory(mem.clone());
+            add_meta(b, &raw, &info, i);
+        }
+        h.push(b).unwrap();
+    }
+    h.push_event(gst::event::Eos::new());
+    let out = pull_all(&mut h);
+    assert_eq!(out.len(), FRAMES as usize);
+    let mut raw_c = raw.clone();
+    raw_c.colorimetry = parse_header(&out[0].map_readable().unwrap())
+        .unwrap()
+        .colorimetry;
+    let expected = bare_encode(
+        &raw_c,
+        EncoderParams {
+            gop_size: 4,
+            ..EncoderParams::default()
+        },
+        &frames,
+    );
+    for (i, (b, (data, key))) in out.iter().zip(&expected).enumerate() {
+        assert_eq!(&b.map_readable().unwrap()[..], &data[..], "frame {i}");
+        assert_eq!(is_key(b), *key, "frame {i}");
+    }
+    let stats = h.element().unwrap().property::<gst::Structure>("stats");
+    assert_eq!(
+        stat(&stats, "imported-frames"),
+        u64::from(FRAMES),
+        "{stats}"
+    );
+    assert_eq!(stat(&stats, "frame-copies"), 0, "{stats}");
+    assert_eq!(
+        stat(&stats, "import-maps"),
+        u64::from(POOL),
+        "one VPU mapping per producer buffer: {stats}"
+    );
+    assert_eq!(stat(&stats, "coherency-violations"), 0, "{stats}");
+    // The VPU's mappings are kept with the producer's memories, and go with
+    // them.
+    let mapped = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("memfd:producer-"))
+            .count()
+    };
+    assert_eq!(mapped(), POOL as usize, "one mapping per producer buffer");
+    drop(h);
+    drop(pool);
+    assert_eq!(mapped(), 0, "the mappings went with the memories");
+}
+
 #[test]
 fn several_encoders_run_side_by_side() {
     init();

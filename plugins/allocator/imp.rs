@@ -38,19 +38,26 @@
 //! 6. **Duplicating a foreign dma-buf's fd** (`dup_memory_fd`): the fd of a
 //!    GstFdMemory is open while the memory lives, and the memory is borrowed
 //!    for the call.
+//! 7. **The imports of a foreign memory, kept as its qdata**
+//!    (`with_imports`): a `Box<Vec<Import>>` set once under the quark
+//!    [`IMPORTS_QUARK`], never replaced, and freed by GStreamer through
+//!    `free_imports` when the memory is disposed. Only `with_imports` reads
+//!    or creates it, holding [`IMPORTS_LOCK`] for the whole access, so no two
+//!    threads create it or touch the `Vec` at once; the caller borrows the
+//!    memory, so it is not disposed meanwhile.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
 
 use gst::glib;
 use gst::subclass::prelude::*;
 use gst_allocators::prelude::*;
 use gst_allocators::subclass::prelude::*;
 
-use crate::mem::Region;
+use crate::mem::{Checker, Region};
 
 use super::access::{MapPlan, ReleaseFn, Wrapped};
 
@@ -104,6 +111,47 @@ pub(super) fn dup_memory_fd(
     // outlive it (the fd is duplicated at once).
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(mem.fd()) };
     fd.try_clone_to_owned()
+}
+
+/// A region through which the VPU watched by `checker` imported a foreign
+/// memory.
+pub(super) struct Import {
+    pub(super) checker: Weak<Checker>,
+    pub(super) region: Arc<Region>,
+}
+
+/// Names the qdata that holds a foreign memory's imports (see 7. above).
+static IMPORTS_QUARK: LazyLock<glib::Quark> =
+    LazyLock::new(|| glib::Quark::from_str("rsvpu-foreign-imports"));
+
+/// Held for every access to any memory's imports (see 7. above). Taken once
+/// per imported frame, briefly, and never while taking another lock.
+static IMPORTS_LOCK: Mutex<()> = Mutex::new(());
+
+unsafe extern "C" fn free_imports(data: glib::ffi::gpointer) {
+    // SAFETY: `data` is the box `with_imports` leaked into the qdata; GStreamer
+    // calls this once, when the memory is disposed (nobody borrows it then).
+    drop(unsafe { Box::from_raw(data.cast::<Vec<Import>>()) });
+}
+
+/// Runs `f` on the imports kept with `mem` (empty the first time).
+pub(super) fn with_imports<R>(mem: &gst::MemoryRef, f: impl FnOnce(&mut Vec<Import>) -> R) -> R {
+    let _guard = IMPORTS_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let object = mem.as_ptr() as *mut gst::ffi::GstMiniObject;
+    let quark = glib::translate::IntoGlib::into_glib(*IMPORTS_QUARK);
+    // SAFETY: see 7. above: `mem` is alive for the call, the qdata under this
+    // quark is only ever our box, created here once, and this lock keeps any
+    // other access out while `f` runs.
+    unsafe {
+        let mut imports = gst::ffi::gst_mini_object_get_qdata(object, quark).cast::<Vec<Import>>();
+        if imports.is_null() {
+            imports = Box::into_raw(Box::<Vec<Import>>::default());
+            gst::ffi::gst_mini_object_set_qdata(object, quark, imports.cast(), Some(free_imports));
+        }
+        f(&mut *imports)
+    }
 }
 
 /// Creates the memory over `region`'s fd and registers it (see 1. above).

@@ -88,7 +88,7 @@ use std::sync::Arc;
 use gst::glib;
 use gst::prelude::*;
 
-use crate::mem::{MemoryKind, Region};
+use crate::mem::{Checker, Coherency, MemoryKind, Region};
 
 glib::wrapper! {
     /// Wraps memfd-backed [`Region`]s as GstFdMemory (`mem_type` "fd").
@@ -193,16 +193,47 @@ pub fn region(mem: &gst::MemoryRef) -> Option<Arc<Region>> {
     imp::lookup(mem).map(|w| Arc::clone(&w.region))
 }
 
-/// A duplicate of the dma-buf fd behind `mem` when it is a GstDmaBufMemory
-/// that is not ours (ours: [`region`]), so that a VPU can import a frame
-/// another element made (a dma-heap allocation, a kernel decoder's exported
-/// buffer) instead of copying it. `None` for any other memory.
-pub fn foreign_dmabuf_fd(mem: &gst::MemoryRef) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+/// The region through which the VPU watched by `checker` imports `mem`,
+/// `size` bytes of it, when `mem` is a GstDmaBufMemory that is not ours
+/// (ours: [`region`]): a frame another element made (a dma-heap allocation,
+/// a kernel decoder's exported buffer), imported instead of copied. `None`
+/// for any other memory.
+///
+/// The first import of a memory duplicates its fd and maps it; the region
+/// is then kept with the memory (qdata, as kmssink keeps a framebuffer per
+/// memory) and used again each time upstream sends the same memory, so a
+/// producer's buffer pool is mapped once per buffer, not once per frame,
+/// and the VPU's import slot stays bound to it. It is unmapped when the
+/// memory is freed. The region is cacheable and starts owned by the CPU,
+/// so its first queueing cleans it for the device; after that, a producer
+/// that writes it with the CPU does its own cache maintenance, as for any
+/// dma-buf (DMA_BUF_IOCTL_SYNC), just as a kernel driver keeps a re-queued
+/// dma-buf's attachment.
+pub fn import_foreign_dmabuf(
+    mem: &gst::MemoryRef,
+    size: usize,
+    checker: &Arc<Checker>,
+) -> Option<Result<Arc<Region>, String>> {
     if imp::lookup(mem).is_some() {
         return None;
     }
     let dmabuf = mem.downcast_memory_ref::<gst_allocators::DmaBufMemory>()?;
-    Some(imp::dup_memory_fd(dmabuf))
+    Some(imp::with_imports(mem, |imports| {
+        imports.retain(|i| i.checker.strong_count() > 0);
+        let mine = |i: &imp::Import| std::ptr::eq(i.checker.as_ptr(), Arc::as_ptr(checker));
+        if let Some(i) = imports.iter().find(|i| mine(i) && i.region.size() == size) {
+            return Ok(Arc::clone(&i.region));
+        }
+        let fd = imp::dup_memory_fd(dmabuf).map_err(|e| format!("cannot take its dma-buf: {e}"))?;
+        let region = Region::import("upstream-dmabuf", fd, size, Coherency::Cacheable, checker)
+            .map_err(|e| format!("cannot import its dma-buf: {e}"))?;
+        imports.retain(|i| !mine(i));
+        imports.push(imp::Import {
+            checker: Arc::downgrade(checker),
+            region: Arc::clone(&region),
+        });
+        Ok(region)
+    }))
 }
 
 /// Marks the region behind `mem` as in use by the device (queued) or

@@ -448,20 +448,10 @@ impl<C: Codec> EncoderBase<C> {
         let region = match crate::allocator::region(mem) {
             Some(region) => region,
             None => {
-                let fd = crate::allocator::foreign_dmabuf_fd(mem)
-                    .ok_or("its memory is neither VPU memory nor a dma-buf")?
-                    .map_err(|e| format!("cannot take its dma-buf: {e}"))?;
-                // The producer may have written it with the CPU: cacheable,
-                // owned by the CPU, so queueing cleans it for the device.
+                // Mapped at its first import only (kept with the memory).
                 let checker = checker.ok_or("no VPU session")?;
-                Region::import(
-                    "upstream-dmabuf",
-                    fd,
-                    raw.size,
-                    Coherency::Cacheable,
-                    checker,
-                )
-                .map_err(|e| format!("cannot import its dma-buf: {e}"))?
+                crate::allocator::import_foreign_dmabuf(mem, raw.size, checker)
+                    .ok_or("its memory is neither VPU memory nor a dma-buf")??
             }
         };
         if kernel && region.kind() != MemoryKind::DmaBuf {
