@@ -297,16 +297,44 @@ fn vpu_memory_is_imported_without_a_copy() {
 #[test]
 fn a_foreign_dma_buf_pool_is_mapped_once_per_buffer() {
     use gst_allocators::prelude::*;
+    init();
+    let producer = gst_allocators::DmaBufAllocator::new();
+    // SAFETY: the fd is a fresh duplicate, handed over to GStreamer, which
+    // closes it with the memory.
+    foreign_pool_is_mapped_once_per_buffer("dmabuf", |fd, size| unsafe {
+        producer.alloc_dmabuf(fd, size).unwrap()
+    });
+}
+
+/// The same with plain fd memory (GstFdMemory over memfds, as a shm
+/// producer makes): imported as well, not copied.
+#[test]
+fn a_foreign_fd_memory_pool_is_mapped_once_per_buffer() {
+    use gst_allocators::prelude::*;
+    use std::os::fd::IntoRawFd;
+    init();
+    let producer = gst_allocators::FdAllocator::new();
+    // SAFETY: as above; without DONT_CLOSE GStreamer closes the fd.
+    foreign_pool_is_mapped_once_per_buffer("fd", |fd, size| unsafe {
+        producer
+            .alloc_fd(fd.into_raw_fd(), size, gst_allocators::FdMemoryFlags::NONE)
+            .unwrap()
+    });
+}
+
+fn foreign_pool_is_mapped_once_per_buffer(
+    name: &str,
+    mut wrap: impl FnMut(std::os::fd::OwnedFd, usize) -> gst::Memory,
+) {
     const POOL: u32 = 3;
     const FRAMES: u32 = 12;
     let raw = Format::raw(PixelFormat::I420, 320, 240).unwrap();
     let (mut h, info) = harness(&raw, &[("gop-size", 4)]);
     let checker = Checker::new(CheckerConfig::default());
-    let producer = gst_allocators::DmaBufAllocator::new();
     let pool: Vec<(gst::Memory, Vec<u8>)> = (0..POOL)
         .map(|i| {
             let region = Region::allocate(
-                &format!("producer-{i}"),
+                &format!("producer-{name}-{i}"),
                 raw.size,
                 Coherency::Coherent,
                 DmaBackend::Memfd,
@@ -316,11 +344,10 @@ fn a_foreign_dma_buf_pool_is_mapped_once_per_buffer() {
             let mut data = vec![0; raw.size];
             fwht::test_pattern(&raw, i, &mut data);
             region.cpu_write().copy_from_slice(&data);
-            let fd = region.fd().try_clone_to_owned().unwrap();
-            // SAFETY: the fd is a fresh duplicate, handed over to GStreamer,
-            // which closes it with the memory.
-            let mem = unsafe { producer.alloc_dmabuf(fd, raw.size) }.unwrap();
-            (mem, data)
+            (
+                wrap(region.fd().try_clone_to_owned().unwrap(), raw.size),
+                data,
+            )
         })
         .collect();
     let mut frames = Vec::new();
@@ -384,7 +411,7 @@ fn a_foreign_dma_buf_pool_is_mapped_once_per_buffer() {
         std::fs::read_to_string("/proc/self/maps")
             .unwrap()
             .lines()
-            .filter(|l| l.contains("memfd:producer-"))
+            .filter(|l| l.contains(&format!("memfd:producer-{name}-")))
             .count()
     };
     assert_eq!(mapped(), POOL as usize, "one mapping per producer buffer");
@@ -824,7 +851,7 @@ fn dmabuf_import_refuses_system_memory_with_a_clear_error() {
     };
     let text = e.error().to_string();
     assert!(
-        text.contains("dmabuf-import") && text.contains("neither VPU memory nor a dma-buf"),
+        text.contains("dmabuf-import") && text.contains("neither VPU memory nor fd memory"),
         "{text}"
     );
     let stats = pipeline

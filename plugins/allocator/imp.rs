@@ -35,7 +35,7 @@
 //!    and drop the region only *after* it. The release callback of
 //!    `wrap_with_release` runs after the parent's free too, inside
 //!    `catch_unwind`.
-//! 6. **Duplicating a foreign dma-buf's fd** (`dup_memory_fd`): the fd of a
+//! 6. **Duplicating a foreign fd memory's fd** (`dup_memory_fd`): the fd of a
 //!    GstFdMemory is open while the memory lives, and the memory is borrowed
 //!    for the call.
 //! 7. **The imports of a foreign memory, kept as its qdata**
@@ -102,9 +102,9 @@ trait Flavour: ObjectSubclass {
     fn parent_ops() -> &'static OnceLock<ParentOps>;
 }
 
-/// A new fd for the dma-buf behind a (foreign) GstDmaBufMemory.
+/// A new fd for the file behind a (foreign) GstFdMemory or GstDmaBufMemory.
 pub(super) fn dup_memory_fd(
-    mem: &gst_allocators::DmaBufMemoryRef,
+    mem: &gst_allocators::FdMemoryRef,
 ) -> std::io::Result<std::os::fd::OwnedFd> {
     // SAFETY: a GstFdMemory's fd stays open as long as the memory, and the
     // caller borrows the memory for the whole call; the borrow does not

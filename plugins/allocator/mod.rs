@@ -83,6 +83,7 @@ mod access;
 #[allow(unsafe_code)]
 mod imp;
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use gst::glib;
@@ -194,10 +195,12 @@ pub fn region(mem: &gst::MemoryRef) -> Option<Arc<Region>> {
 }
 
 /// The region through which the VPU watched by `checker` imports `mem`,
-/// `size` bytes of it, when `mem` is a GstDmaBufMemory that is not ours
-/// (ours: [`region`]): a frame another element made (a dma-heap allocation,
-/// a kernel decoder's exported buffer), imported instead of copied. `None`
-/// for any other memory.
+/// `size` bytes of it, when `mem` is fd memory that is not ours (ours:
+/// [`region`]): a frame another element made in a dma-buf (a dma-heap
+/// allocation, a kernel decoder's exported buffer; GstDmaBufMemory) or in
+/// other fd memory (a memfd; GstFdMemory), imported instead of copied. With
+/// `dma_buf_only` (a kernel node, which imports nothing else) fd memory
+/// that is no dma-buf is refused. `None` for memory without an fd.
 ///
 /// The first import of a memory duplicates its fd and maps it; the region
 /// is then kept with the memory (qdata, as kmssink keeps a framebuffer per
@@ -208,25 +211,30 @@ pub fn region(mem: &gst::MemoryRef) -> Option<Arc<Region>> {
 /// so its first queueing cleans it for the device; after that, a producer
 /// that writes it with the CPU does its own cache maintenance, as for any
 /// dma-buf (DMA_BUF_IOCTL_SYNC), just as a kernel driver keeps a re-queued
-/// dma-buf's attachment.
-pub fn import_foreign_dmabuf(
+/// dma-buf's attachment. GStreamer's fd memory means the fd holds what the
+/// memory holds (what waylandsink and kmssink rely on too).
+pub fn import_foreign_fd_memory(
     mem: &gst::MemoryRef,
     size: usize,
     checker: &Arc<Checker>,
+    dma_buf_only: bool,
 ) -> Option<Result<Arc<Region>, String>> {
     if imp::lookup(mem).is_some() {
         return None;
     }
-    let dmabuf = mem.downcast_memory_ref::<gst_allocators::DmaBufMemory>()?;
+    let fd_memory = mem.downcast_memory_ref::<gst_allocators::FdMemory>()?;
     Some(imp::with_imports(mem, |imports| {
         imports.retain(|i| i.checker.strong_count() > 0);
         let mine = |i: &imp::Import| std::ptr::eq(i.checker.as_ptr(), Arc::as_ptr(checker));
         if let Some(i) = imports.iter().find(|i| mine(i) && i.region.size() == size) {
             return Ok(Arc::clone(&i.region));
         }
-        let fd = imp::dup_memory_fd(dmabuf).map_err(|e| format!("cannot take its dma-buf: {e}"))?;
-        let region = Region::import("upstream-dmabuf", fd, size, Coherency::Cacheable, checker)
-            .map_err(|e| format!("cannot import its dma-buf: {e}"))?;
+        let fd = imp::dup_memory_fd(fd_memory).map_err(|e| format!("cannot take its fd: {e}"))?;
+        if dma_buf_only && !crate::sys::is_dma_buf(fd.as_fd()) {
+            return Err("it is fd memory but no dma-buf, which a kernel node cannot import".into());
+        }
+        let region = Region::import("upstream-frame", fd, size, Coherency::Cacheable, checker)
+            .map_err(|e| format!("cannot import its fd memory: {e}"))?;
         imports.retain(|i| !mine(i));
         imports.push(imp::Import {
             checker: Arc::downgrade(checker),

@@ -450,8 +450,9 @@ impl<C: Codec> EncoderBase<C> {
             None => {
                 // Mapped at its first import only (kept with the memory).
                 let checker = checker.ok_or("no VPU session")?;
-                crate::allocator::import_foreign_dmabuf(mem, raw.size, checker)
-                    .ok_or("its memory is neither VPU memory nor a dma-buf")??
+                crate::allocator::import_foreign_fd_memory(mem, raw.size, checker, kernel).ok_or(
+                    "its memory is neither VPU memory nor fd memory (a dma-buf, a memfd)",
+                )??
             }
         };
         if kernel && region.kind() != MemoryKind::DmaBuf {
