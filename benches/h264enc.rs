@@ -42,7 +42,11 @@
 //!
 //! Run: `cargo bench --bench h264enc`. H264ENC_BENCH_FRAMES=n frames per run
 //! (default 90 at 720p, 60 at 1080p), H264ENC_BENCH_RUNS=n (default 3),
-//! H264ENC_BENCH_SIZE=1280x720 (one size only). Under `cargo test
+//! H264ENC_BENCH_SIZE=1280x720 (one size only), H264ENC_BENCH_STATS=1 (print
+//! `vpuh264enc`'s `stats` after each appsrc run: copies, imports, maps),
+//! H264ENC_BENCH_TABLES=system,live,handoff (the tables to run; all by
+//! default), H264ENC_BENCH_ONLY=<encoder row name> (that row alone in the
+//! appsrc tables, e.g. to profile one encoder: `perf record` the bench). Under `cargo test
 //! --all-targets` (no `--bench`) it runs once on 3 small frames, as a smoke
 //! test. The load average is printed before and after: on a shared 2-core
 //! machine compare the ratios within one run.
@@ -108,6 +112,14 @@ fn run(encoder: &str, w: u32, h: u32, frames: &[gst::Buffer]) -> Run {
     wait_eos(&pipeline);
     let secs = t.elapsed().as_secs_f64();
     let cpu = cpu_secs() - cpu0;
+    if std::env::var_os("H264ENC_BENCH_STATS").is_some() {
+        for e in pipeline.iterate_elements().into_iter().flatten() {
+            let ours = e.factory().is_some_and(|f| f.name().starts_with("vpu"));
+            if ours && e.find_property("stats").is_some() {
+                println!("    {encoder}: {}", e.property::<gst::Structure>("stats"));
+            }
+        }
+    }
     pipeline.set_state(gst::State::Null).expect("NULL");
     let (n, bytes) = *out.lock().unwrap();
     Run {
@@ -135,8 +147,9 @@ const ZEROLATENCY: &str = "x264enc ultrafast zerolatency";
 const GOP: u32 = 30;
 const FRAME_THREADS: &str = "x264enc ultrafast";
 
-fn measure(w: u32, h: u32, n: usize, runs: usize, kbps: u32) {
-    let (frames, _) = capture("pattern=smpte horizontal-speed=3", w, h, n);
+/// The table's rows for `frames` (`w` x `h`).
+fn measure(frames: &[gst::Buffer], w: u32, h: u32, runs: usize, kbps: u32) {
+    let n = frames.len();
     let encoders = [
         Encoder {
             name: "vpuh264enc",
@@ -169,12 +182,18 @@ fn measure(w: u32, h: u32, n: usize, runs: usize, kbps: u32) {
             against: None,
         },
     ];
+    // H264ENC_BENCH_ONLY=name: that encoder's row alone (for profiling).
+    let only = std::env::var("H264ENC_BENCH_ONLY").ok();
+    let encoders: Vec<Encoder> = encoders
+        .into_iter()
+        .filter(|e| only.as_deref().is_none_or(|o| e.name == o))
+        .collect();
     // Rounds of one run per encoder, so that a change of the machine's load
     // hits every row alike.
     let mut results: Vec<Vec<Run>> = encoders.iter().map(|_| Vec::new()).collect();
     for _ in 0..runs {
         for (e, out) in encoders.iter().zip(&mut results) {
-            let r = run(&e.launch, w, h, &frames);
+            let r = run(&e.launch, w, h, frames);
             assert_eq!(r.frames, n, "{}: every frame coded", e.name);
             out.push(r);
         }
@@ -389,21 +408,25 @@ fn main() {
          low-latency=false (frame threads) vs plain x264enc ultrafast (frame threads);\n   \
          below 1.0 is our overhead)"
     );
-    for &(w, h, n) in &sizes {
-        measure(w, h, n, runs, kbps);
+    let tables =
+        std::env::var("H264ENC_BENCH_TABLES").unwrap_or_else(|_| "system,live,handoff".into());
+    let table = |t: &str| tables.split(',').any(|x| x == t);
+    for &(w, h, n) in sizes.iter().filter(|_| table("system")) {
+        let (frames, _) = capture("pattern=smpte horizontal-speed=3", w, h, n);
+        measure(&frames, w, h, runs, kbps);
     }
     println!(
         "from videotestsrc, frames generated during the run (into vpuh264enc's own VPU\n  \
          memory; x264enc reads videotestsrc's system memory in place): frames/s, cpu ms/f"
     );
-    for &(w, h, n) in &sizes {
+    for &(w, h, n) in sizes.iter().filter(|_| table("live")) {
         live(w, h, n, runs, kbps);
     }
     println!(
         "engine hand-off: the calling thread's CPU per frame to send a frame and take its\n  \
          units, copying it into libavcodec's frame vs lending it (median of frames and runs)"
     );
-    for (w, h, n) in sizes {
+    for (w, h, n) in sizes.into_iter().filter(|_| table("handoff")) {
         let (frames, _) = capture("pattern=smpte horizontal-speed=3", w, h, n);
         handoff(w, h, &frames, runs);
     }
