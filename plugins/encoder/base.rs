@@ -771,7 +771,8 @@ impl<C: Codec> EncoderBase<C> {
                      possible, else copy into the encoder's own buffers; on a kernel \
                      node of a system without /dev/dma_heap or /dev/udmabuf, mmap). \
                      The emulated VPU has the same semantics with its own memory, \
-                     and imports memfd memory too. Read when the caps are set",
+                     and imports memfd memory too (ours, or upstream fd memory). \
+                     Read when the caps are set",
                 )
                 .default_value(OutputIoMode::Auto)
                 .mutable_ready()
@@ -782,7 +783,8 @@ impl<C: Codec> EncoderBase<C> {
                     "{}-stats: frames-in, frames-out, frame-copies and \
                      bytes-copied (input copied into VPU memory), imported-frames \
                      (queued without a copy), import-maps (times the VPU mapped an \
-                     imported buffer: once per buffer of the proposed pool), \
+                     imported buffer: once per buffer of the proposed pool or of \
+                     upstream's pool, while they fit the VPU's 16 import slots), \
                      cache-syncs and coherency-violations \
                      (of the whole VPU, shared by every element using it), \
                      vpu-time-per-frame-us (mean time from queueing a frame to its \
