@@ -235,6 +235,44 @@ fn caps_change_mid_stream_loses_no_frame() {
     }
 }
 
+/// A memfd region named `name` holding test pattern `i` in `raw`, and the
+/// pattern's bytes.
+fn pattern_region(
+    name: &str,
+    raw: &Format,
+    i: u32,
+    coherency: Coherency,
+    checker: &Arc<Checker>,
+) -> (Arc<Region>, Vec<u8>) {
+    let region = Region::allocate(name, raw.size, coherency, DmaBackend::Memfd, checker).unwrap();
+    let mut data = vec![0; raw.size];
+    fwht::test_pattern(raw, i, &mut data);
+    region.cpu_write().copy_from_slice(&data);
+    (region, data)
+}
+
+/// `out` is what the bare encoder makes of `frames` in `raw` (with the
+/// colorimetry the stream says) at `gop_size`, frame for frame, key frames
+/// included.
+fn assert_codes_as_bare(out: &[gst::Buffer], raw: &Format, frames: &[Vec<u8>], gop_size: u32) {
+    let mut raw_c = raw.clone();
+    raw_c.colorimetry = parse_header(&out[0].map_readable().unwrap())
+        .unwrap()
+        .colorimetry;
+    let expected = bare_encode(
+        &raw_c,
+        EncoderParams {
+            gop_size,
+            ..EncoderParams::default()
+        },
+        frames,
+    );
+    for (i, (b, (data, key))) in out.iter().zip(&expected).enumerate() {
+        assert_eq!(&b.map_readable().unwrap()[..], &data[..], "frame {i}");
+        assert_eq!(is_key(b), *key, "frame {i}");
+    }
+}
+
 #[test]
 fn vpu_memory_is_imported_without_a_copy() {
     let raw = Format::raw(PixelFormat::Nv12, 322, 242).unwrap();
@@ -243,17 +281,13 @@ fn vpu_memory_is_imported_without_a_copy() {
     let alloc = VpuAllocator::new();
     let mut frames = Vec::new();
     for i in 0..6 {
-        let region = Region::allocate(
+        let (region, data) = pattern_region(
             &format!("test-frame-{i}"),
-            raw.size,
+            &raw,
+            i,
             Coherency::Cacheable,
-            DmaBackend::Memfd,
             &checker,
-        )
-        .unwrap();
-        let mut data = vec![0; raw.size];
-        fwht::test_pattern(&raw, i, &mut data);
-        region.cpu_write().copy_from_slice(&data);
+        );
         frames.push(data);
         let mut b = gst::Buffer::new();
         {
@@ -266,22 +300,7 @@ fn vpu_memory_is_imported_without_a_copy() {
     h.push_event(gst::event::Eos::new());
     let out = pull_all(&mut h);
     assert_eq!(out.len(), 6);
-    let mut raw_c = raw.clone();
-    raw_c.colorimetry = parse_header(&out[0].map_readable().unwrap())
-        .unwrap()
-        .colorimetry;
-    let expected = bare_encode(
-        &raw_c,
-        EncoderParams {
-            gop_size: 4,
-            ..EncoderParams::default()
-        },
-        &frames,
-    );
-    for (i, (b, (data, key))) in out.iter().zip(&expected).enumerate() {
-        assert_eq!(&b.map_readable().unwrap()[..], &data[..], "frame {i}");
-        assert_eq!(is_key(b), *key, "frame {i}");
-    }
+    assert_codes_as_bare(&out, &raw, &frames, 4);
     let stats = h.element().unwrap().property::<gst::Structure>("stats");
     assert_eq!(stat(&stats, "imported-frames"), 6, "{stats}");
     assert_eq!(stat(&stats, "frame-copies"), 0, "{stats}");
@@ -333,17 +352,13 @@ fn foreign_pool_is_mapped_once_per_buffer(
     let checker = Checker::new(CheckerConfig::default());
     let pool: Vec<(gst::Memory, Vec<u8>)> = (0..POOL)
         .map(|i| {
-            let region = Region::allocate(
+            let (region, data) = pattern_region(
                 &format!("producer-{name}-{i}"),
-                raw.size,
+                &raw,
+                i,
                 Coherency::Coherent,
-                DmaBackend::Memfd,
                 &checker,
-            )
-            .unwrap();
-            let mut data = vec![0; raw.size];
-            fwht::test_pattern(&raw, i, &mut data);
-            region.cpu_write().copy_from_slice(&data);
+            );
             (
                 wrap(region.fd().try_clone_to_owned().unwrap(), raw.size),
                 data,
@@ -376,22 +391,7 @@ fn foreign_pool_is_mapped_once_per_buffer(
     h.push_event(gst::event::Eos::new());
     let out = pull_all(&mut h);
     assert_eq!(out.len(), FRAMES as usize);
-    let mut raw_c = raw.clone();
-    raw_c.colorimetry = parse_header(&out[0].map_readable().unwrap())
-        .unwrap()
-        .colorimetry;
-    let expected = bare_encode(
-        &raw_c,
-        EncoderParams {
-            gop_size: 4,
-            ..EncoderParams::default()
-        },
-        &frames,
-    );
-    for (i, (b, (data, key))) in out.iter().zip(&expected).enumerate() {
-        assert_eq!(&b.map_readable().unwrap()[..], &data[..], "frame {i}");
-        assert_eq!(is_key(b), *key, "frame {i}");
-    }
+    assert_codes_as_bare(&out, &raw, &frames, 4);
     let stats = h.element().unwrap().property::<gst::Structure>("stats");
     assert_eq!(
         stat(&stats, "imported-frames"),

@@ -449,16 +449,13 @@ impl Decoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::{Checker, CheckerConfig};
     use crate::vpu::codec::fwht::{EncoderParams, FwhtEncoder, test_pattern};
-    use crate::vpu::firmware::Outbox;
-    use crate::vpu::firmware::testing::{buffer, dones};
+    use crate::vpu::firmware::testing::Rig;
 
     /// A frame's OUTPUT buffer and the CAPTURE buffer it decodes into come
     /// back from one step, so one interrupt tells the host about both.
     #[test]
     fn a_frame_s_output_and_capture_buffers_come_back_from_one_step() {
-        let checker = Checker::new(CheckerConfig::default());
         let raw = Format::raw(PixelFormat::I420, 64, 48).unwrap();
         let mut enc = FwhtEncoder::new(&raw, EncoderParams::default()).unwrap();
         let coded: Vec<Vec<u8>> = (0..3)
@@ -471,58 +468,26 @@ mod tests {
                 dst
             })
             .collect();
-        let (mut output, mut capture) = (FwQueue::default(), FwQueue::default());
-        output.streaming = true;
+        let mut rig = Rig::new();
         let mut dec = Decoder::default();
-        let mut outbox = Outbox::default();
-        let faults = Faults::default();
-        let mut step = |dec: &mut Decoder, output: &mut FwQueue, capture: &mut FwQueue| {
-            let mut sink = Sink {
-                id: 1,
-                outbox: &mut outbox,
-            };
-            let progress = dec.step(output, capture, &faults, &mut sink);
-            (progress, dones(sink.outbox))
-        };
         // The first frame tells the format; nothing decodes before CAPTURE
         // is set up.
-        output
-            .buffers
-            .push_back(buffer(&checker, 0, &coded[0], 4096));
-        let (progress, done) = step(&mut dec, &mut output, &mut capture);
+        rig.queue_output(0, &coded[0], 4096);
+        let (progress, done) = rig.step(&mut dec);
         assert!(progress);
         assert_eq!(done, vec![(QueueKind::Output, 0)]);
-        dec.set_format(
-            &mut output,
-            &mut capture,
-            QueueKind::Capture,
-            PixelFormat::I420,
-            (64, 48),
-            Colorimetry::default(),
-        )
-        .unwrap();
-        capture.streaming = true;
-        dec.stream_on(QueueKind::Capture);
-        for i in 0..2 {
-            capture
-                .buffers
-                .push_back(buffer(&checker, i, &[], raw.size));
-        }
-        let (_, done) = step(&mut dec, &mut output, &mut capture);
+        rig.start_capture(&mut dec, PixelFormat::I420, (64, 48), 2, raw.size);
+        let (_, done) = rig.step(&mut dec);
         assert_eq!(done, vec![(QueueKind::Capture, 1)], "the held frame");
         // From now on, one step per frame returns both of its buffers.
         for (i, frame) in coded.iter().enumerate().skip(1) {
-            output
-                .buffers
-                .push_back(buffer(&checker, i as u32, frame, 4096));
-            let (progress, done) = step(&mut dec, &mut output, &mut capture);
+            rig.queue_output(i as u32, frame, 4096);
+            let (progress, done) = rig.step(&mut dec);
             assert!(progress);
             assert_eq!(done.len(), 2, "frame {i}: {done:?}");
             assert_eq!(done[0], (QueueKind::Output, i as u32));
             assert_eq!(done[1].0, QueueKind::Capture);
-            capture
-                .buffers
-                .push_back(buffer(&checker, done[1].1, &[], raw.size));
+            rig.queue_capture(done[1].1, raw.size);
         }
     }
 }

@@ -702,11 +702,9 @@ fn copy_picture(picture: &Picture, format: &Format, dst: &mut [u8]) -> Result<us
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mem::{Checker, CheckerConfig};
     use crate::vpu::codec::fwht::test_pattern;
     use crate::vpu::codec::h264enc::{H264Encoder, H264Params};
-    use crate::vpu::firmware::Outbox;
-    use crate::vpu::firmware::testing::{buffer, dones};
+    use crate::vpu::firmware::testing::Rig;
 
     /// Access units of `n` frames from libx264 (low latency: one unit per
     /// frame, in order, no reordering).
@@ -735,51 +733,22 @@ mod tests {
     /// from one step, so one interrupt tells the host about both.
     #[test]
     fn an_access_unit_s_output_and_a_picture_come_back_from_one_step() {
-        let checker = Checker::new(CheckerConfig::default());
         let raw = Format::raw(PixelFormat::I420, 320, 240).expect("a layout");
         let units = stream(&raw, 12);
         assert_eq!(units.len(), 12, "one access unit per frame");
-        let (mut output, mut capture) = (FwQueue::default(), FwQueue::default());
-        output.streaming = true;
+        let mut rig = Rig::new();
         let mut dec = H264Dec::default();
-        let mut outbox = Outbox::default();
-        let faults = Faults::default();
-        let mut step = |dec: &mut H264Dec, output: &mut FwQueue, capture: &mut FwQueue| {
-            let mut sink = Sink {
-                id: 1,
-                outbox: &mut outbox,
-            };
-            let progress = dec.step(output, capture, &faults, &mut sink);
-            (progress, dones(sink.outbox))
-        };
         // The first access unit tells the format; no picture is written
         // before CAPTURE is set up.
-        output
-            .buffers
-            .push_back(buffer(&checker, 0, &units[0], 1 << 16));
-        let (progress, done) = step(&mut dec, &mut output, &mut capture);
+        rig.queue_output(0, &units[0], 1 << 16);
+        let (progress, done) = rig.step(&mut dec);
         assert!(progress);
         assert_eq!(done, vec![(QueueKind::Output, 0)]);
-        dec.set_format(
-            &mut output,
-            &mut capture,
-            QueueKind::Capture,
-            PixelFormat::I420,
-            (320, 240),
-            Colorimetry::default(),
-        )
-        .expect("the CAPTURE format");
-        capture.streaming = true;
-        dec.stream_on(QueueKind::Capture);
-        for i in 0..8 {
-            capture
-                .buffers
-                .push_back(buffer(&checker, i, &[], raw.size));
-        }
+        rig.start_capture(&mut dec, PixelFormat::I420, (320, 240), 8, raw.size);
         // A picture that came out before CAPTURE was ready.
         let mut pictures = 0;
         loop {
-            let (progress, done) = step(&mut dec, &mut output, &mut capture);
+            let (progress, done) = rig.step(&mut dec);
             if !progress {
                 break;
             }
@@ -788,10 +757,8 @@ mod tests {
         }
         let threads = decoder_threads();
         for (i, unit) in units.iter().enumerate().skip(1) {
-            output
-                .buffers
-                .push_back(buffer(&checker, i as u32, unit, 1 << 16));
-            let (progress, done) = step(&mut dec, &mut output, &mut capture);
+            rig.queue_output(i as u32, unit, 1 << 16);
+            let (progress, done) = rig.step(&mut dec);
             assert!(progress);
             assert_eq!(
                 done.first(),
@@ -800,9 +767,7 @@ mod tests {
             );
             for &(queue, index) in done.iter().skip(1) {
                 assert_eq!(queue, QueueKind::Capture, "unit {i}: {done:?}");
-                capture
-                    .buffers
-                    .push_back(buffer(&checker, index, &[], raw.size));
+                rig.queue_capture(index, raw.size);
             }
             pictures += done.len().saturating_sub(1);
             if i >= threads {
