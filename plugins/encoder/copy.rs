@@ -83,6 +83,21 @@ pub(super) fn copy_frame(
         let dst_plane = dst
             .get_mut(layout.offset..end)
             .ok_or_else(|| bad(format!("ends at byte {end}, past the buffer")))?;
+        if src_stride == layout.stride && row_bytes == layout.stride {
+            // Both sides tightly packed with the same rows: one copy of the
+            // whole plane instead of one per row.
+            let n = rows * row_bytes;
+            let src_rows = src.get(..n).ok_or_else(|| {
+                bad(format!(
+                    "{rows} rows need {n} bytes but the plane holds {}",
+                    src.len()
+                ))
+            })?;
+            dst_plane[..n].copy_from_slice(src_rows);
+            dst_plane[n..].fill(0);
+            copied += n;
+            continue;
+        }
         for (row, dst_row) in dst_plane.chunks_exact_mut(layout.stride).enumerate() {
             if row < rows {
                 let start = row * src_stride;
@@ -102,4 +117,64 @@ pub(super) fn copy_frame(
         }
     }
     Ok(copied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::m2m::PixelFormat;
+
+    /// `info`'s frame with byte `(plane, row, col)` = a pattern of the three,
+    /// and padding bytes 0xee (never to reach the copy).
+    fn frame(info: &gst_video::VideoInfo) -> gst::Buffer {
+        let mut data = vec![0xee; info.size()];
+        let finfo = info.format_info();
+        for plane in 0..info.n_planes() as usize {
+            let (bytes, rows) = plane_extents(&finfo, info.width(), info.height())[plane];
+            for row in 0..rows {
+                let at = info.offset()[plane] + row * info.stride()[plane] as usize;
+                for col in 0..bytes {
+                    data[at + col] = (plane * 89 + row * 7 + col * 3) as u8;
+                }
+            }
+        }
+        gst::Buffer::from_mut_slice(data)
+    }
+
+    /// Whole-plane copies (tightly packed on both sides) and row copies
+    /// (strides that differ) write the same layout: every visible byte in
+    /// place, zeros elsewhere.
+    #[test]
+    fn packed_and_strided_frames_land_in_the_layout() {
+        gst::init().unwrap();
+        for (format, pixfmt, w, h) in [
+            (gst_video::VideoFormat::I420, PixelFormat::I420, 320, 240),
+            (gst_video::VideoFormat::I420, PixelFormat::I420, 322, 242),
+            (gst_video::VideoFormat::Nv12, PixelFormat::Nv12, 1920, 1080),
+            (gst_video::VideoFormat::Yuy2, PixelFormat::Yuyv, 66, 48),
+        ] {
+            let info = gst_video::VideoInfo::builder(format, w, h).build().unwrap();
+            let raw = Format::raw(pixfmt, w, h).unwrap();
+            let buffer = frame(&info);
+            let vframe =
+                gst_video::VideoFrameRef::from_buffer_ref_readable(&buffer, &info).unwrap();
+            let mut dst = vec![0x55; raw.size];
+            let copied = copy_frame(&vframe, &raw, &mut dst).unwrap();
+            let mut expected = vec![0; raw.size];
+            let mut visible = 0;
+            let extents = plane_extents(&info.format_info(), w, h);
+            for (plane, layout) in raw.planes.iter().enumerate() {
+                let (bytes, rows) = extents[plane];
+                for row in 0..rows {
+                    for col in 0..bytes {
+                        expected[layout.offset + row * layout.stride + col] =
+                            (plane * 89 + row * 7 + col * 3) as u8;
+                    }
+                }
+                visible += bytes * rows;
+            }
+            assert_eq!(copied, visible, "{format:?} {w}x{h}");
+            assert!(dst == expected, "{format:?} {w}x{h}: the layout differs");
+        }
+    }
 }
