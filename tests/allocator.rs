@@ -349,6 +349,77 @@ fn wrong_kind_is_refused_with_a_hint() {
     assert!(e.to_string().contains("wrap it with VpuAllocator"), "{e}");
 }
 
+/// A foreign fd memory's import is kept with it per VPU (checker): the same
+/// VPU gets the same region again; our own memory and memory without an fd
+/// are not imported; at most a few VPUs' imports are kept, the oldest going
+/// first, and all of them go with the memory.
+#[test]
+fn foreign_fd_memory_imports_are_kept_per_vpu_and_bounded() {
+    use gst_allocators::prelude::*;
+    use std::os::fd::IntoRawFd;
+    init();
+    let size = 64 * 1024;
+    let producer = memfd_region(
+        "foreign-import-probe",
+        size,
+        Coherency::Coherent,
+        &checker(false),
+    );
+    let fd = producer.fd().try_clone_to_owned().unwrap();
+    drop(producer);
+    // SAFETY: a fresh duplicate, handed over to GStreamer, which closes it.
+    let mem = unsafe {
+        gst_allocators::FdAllocator::new().alloc_fd(
+            fd.into_raw_fd(),
+            size,
+            gst_allocators::FdMemoryFlags::NONE,
+        )
+    }
+    .unwrap();
+    let mapped = || {
+        std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("memfd:foreign-import-probe"))
+            .count()
+    };
+    assert_eq!(mapped(), 0);
+    let vpu = checker(false);
+    let first = allocator::import_foreign_fd_memory(&mem, size, &vpu, false)
+        .expect("fd memory is imported")
+        .unwrap();
+    let again = allocator::import_foreign_fd_memory(&mem, size, &vpu, false)
+        .unwrap()
+        .unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "the same VPU gets the same region"
+    );
+    assert_eq!(first.kind(), MemoryKind::Memfd);
+    assert_eq!(mapped(), 1);
+    let e = allocator::import_foreign_fd_memory(&mem, size, &checker(false), true)
+        .unwrap()
+        .unwrap_err();
+    assert!(e.contains("no dma-buf"), "{e}");
+    drop((first, again));
+    let others: Vec<Arc<Checker>> = (0..6).map(|_| checker(false)).collect();
+    for c in &others {
+        allocator::import_foreign_fd_memory(&mem, size, c, false)
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(mapped(), 4, "the imports of at most 4 VPUs are kept");
+    // Ours is not foreign; plain memory has no fd.
+    let ours = VpuAllocator::new()
+        .wrap(memfd_region("ours", size, Coherency::Coherent, &vpu))
+        .unwrap();
+    assert!(allocator::import_foreign_fd_memory(&ours, size, &vpu, false).is_none());
+    let plain = gst::Memory::with_size(size);
+    assert!(allocator::import_foreign_fd_memory(&plain, size, &vpu, false).is_none());
+    drop(mem);
+    assert_eq!(mapped(), 0, "the imports go with the memory");
+}
+
 fn frame_buffer(alloc: &VpuAllocator, region: &Arc<Region>) -> gst::Buffer {
     let mut buffer = gst::Buffer::new();
     buffer

@@ -114,7 +114,7 @@ pub(super) fn dup_memory_fd(
 }
 
 /// A region through which the VPU watched by `checker` imported a foreign
-/// memory.
+/// memory. `checker` only names the VPU (the region holds it alive).
 pub(super) struct Import {
     pub(super) checker: Weak<Checker>,
     pub(super) region: Arc<Region>,

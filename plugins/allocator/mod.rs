@@ -194,6 +194,13 @@ pub fn region(mem: &gst::MemoryRef) -> Option<Arc<Region>> {
     imp::lookup(mem).map(|w| Arc::clone(&w.region))
 }
 
+/// The VPUs (checkers) whose import of one memory is kept with it: more
+/// than one producer feeds at once (a tee to several encoders), and few
+/// enough that encoders started again and again on a kernel node (a new
+/// checker each time; the region keeps its checker alive) do not pile up
+/// mappings of a long-lived upstream pool. The oldest goes first.
+const IMPORTERS_KEPT: usize = 4;
+
 /// The region through which the VPU watched by `checker` imports `mem`,
 /// `size` bytes of it, when `mem` is fd memory that is not ours (ours:
 /// [`region`]): a frame another element made in a dma-buf (a dma-heap
@@ -224,7 +231,6 @@ pub fn import_foreign_fd_memory(
     }
     let fd_memory = mem.downcast_memory_ref::<gst_allocators::FdMemory>()?;
     Some(imp::with_imports(mem, |imports| {
-        imports.retain(|i| i.checker.strong_count() > 0);
         let mine = |i: &imp::Import| std::ptr::eq(i.checker.as_ptr(), Arc::as_ptr(checker));
         if let Some(i) = imports.iter().find(|i| mine(i) && i.region.size() == size) {
             return Ok(Arc::clone(&i.region));
@@ -236,6 +242,9 @@ pub fn import_foreign_fd_memory(
         let region = Region::import("upstream-frame", fd, size, Coherency::Cacheable, checker)
             .map_err(|e| format!("cannot import its fd memory: {e}"))?;
         imports.retain(|i| !mine(i));
+        if imports.len() >= IMPORTERS_KEPT {
+            imports.remove(0);
+        }
         imports.push(imp::Import {
             checker: Arc::downgrade(checker),
             region: Arc::clone(&region),
