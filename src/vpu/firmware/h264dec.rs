@@ -208,16 +208,17 @@ impl CodecEngine for H264Dec {
         faults: &Faults,
         sink: &mut Sink<'_>,
     ) -> bool {
-        let mut did = self.step_once(output, capture, faults, sink);
+        let mut did = self.step_once(output, capture, faults, sink, true);
         let progress = did != Did::Nothing;
-        // Consumed -> decoded -> written, no further: whatever must come
-        // first (a picture already waiting for a CAPTURE buffer, the LAST
-        // of the old geometry) still does, as in separate steps.
+        // Consumed -> decoded -> written, no further, and no second OUTPUT
+        // buffer taken in: whatever must come first (a picture already
+        // waiting for a CAPTURE buffer, the LAST of the old geometry) still
+        // does, as in separate steps.
         for _ in 0..2 {
             if !matches!(did, Did::Consumed | Did::Decoded) {
                 break;
             }
-            did = self.step_once(output, capture, faults, sink);
+            did = self.step_once(output, capture, faults, sink, false);
         }
         progress
     }
@@ -242,12 +243,15 @@ impl From<bool> for Did {
 }
 
 impl H264Dec {
+    /// One action; with `take_output` false, an OUTPUT buffer is not taken
+    /// in.
     fn step_once(
         &mut self,
         output: &mut FwQueue,
         capture: &mut FwQueue,
         faults: &Faults,
         sink: &mut Sink<'_>,
+        take_output: bool,
     ) -> Did {
         if let Some(progress) = self.drain.send_owed_last(capture, sink) {
             return progress.into();
@@ -276,6 +280,9 @@ impl H264Dec {
         if !self.units.is_empty() {
             self.decode_unit(capture, sink);
             return Did::Decoded;
+        }
+        if !take_output {
+            return Did::Nothing;
         }
         if let Some(buf) = self.drain.take_output(output) {
             self.consume(&buf, capture, sink);
