@@ -39,7 +39,8 @@
 //!    GstFdMemory is open while the memory lives, and the memory is borrowed
 //!    for the call.
 //! 7. **The imports of a foreign memory, kept as its qdata**
-//!    (`with_imports`): a `Box<Vec<Import>>` set once under the quark
+//!    (`with_imports`): a `Box<Vec<Arc<Region>>>` (one region per VPU that
+//!    imported the memory) set once under the quark
 //!    [`IMPORTS_QUARK`], never replaced, and freed by GStreamer through
 //!    `free_imports` when the memory is disposed. Only `with_imports` reads
 //!    or creates it, holding [`IMPORTS_LOCK`] for the whole access, so no two
@@ -50,14 +51,14 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::ptr;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock};
 
 use gst::glib;
 use gst::subclass::prelude::*;
 use gst_allocators::prelude::*;
 use gst_allocators::subclass::prelude::*;
 
-use crate::mem::{Checker, Region};
+use crate::mem::Region;
 
 use super::access::{MapPlan, ReleaseFn, Wrapped};
 
@@ -113,13 +114,6 @@ pub(super) fn dup_memory_fd(
     fd.try_clone_to_owned()
 }
 
-/// A region through which the VPU watched by `checker` imported a foreign
-/// memory. `checker` only names the VPU (the region holds it alive).
-pub(super) struct Import {
-    pub(super) checker: Weak<Checker>,
-    pub(super) region: Arc<Region>,
-}
-
 /// Names the qdata that holds a foreign memory's imports (see 7. above).
 static IMPORTS_QUARK: LazyLock<glib::Quark> =
     LazyLock::new(|| glib::Quark::from_str("rsvpu-foreign-imports"));
@@ -131,11 +125,14 @@ static IMPORTS_LOCK: Mutex<()> = Mutex::new(());
 unsafe extern "C" fn free_imports(data: glib::ffi::gpointer) {
     // SAFETY: `data` is the box `with_imports` leaked into the qdata; GStreamer
     // calls this once, when the memory is disposed (nobody borrows it then).
-    drop(unsafe { Box::from_raw(data.cast::<Vec<Import>>()) });
+    drop(unsafe { Box::from_raw(data.cast::<Vec<Arc<Region>>>()) });
 }
 
 /// Runs `f` on the imports kept with `mem` (empty the first time).
-pub(super) fn with_imports<R>(mem: &gst::MemoryRef, f: impl FnOnce(&mut Vec<Import>) -> R) -> R {
+pub(super) fn with_imports<R>(
+    mem: &gst::MemoryRef,
+    f: impl FnOnce(&mut Vec<Arc<Region>>) -> R,
+) -> R {
     let _guard = IMPORTS_LOCK
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -145,9 +142,10 @@ pub(super) fn with_imports<R>(mem: &gst::MemoryRef, f: impl FnOnce(&mut Vec<Impo
     // quark is only ever our box, created here once, and this lock keeps any
     // other access out while `f` runs.
     unsafe {
-        let mut imports = gst::ffi::gst_mini_object_get_qdata(object, quark).cast::<Vec<Import>>();
+        let mut imports =
+            gst::ffi::gst_mini_object_get_qdata(object, quark).cast::<Vec<Arc<Region>>>();
         if imports.is_null() {
-            imports = Box::into_raw(Box::<Vec<Import>>::default());
+            imports = Box::into_raw(Box::<Vec<Arc<Region>>>::default());
             gst::ffi::gst_mini_object_set_qdata(object, quark, imports.cast(), Some(free_imports));
         }
         f(&mut *imports)

@@ -231,9 +231,10 @@ pub fn import_foreign_fd_memory(
     }
     let fd_memory = mem.downcast_memory_ref::<gst_allocators::FdMemory>()?;
     Some(imp::with_imports(mem, |imports| {
-        let mine = |i: &imp::Import| std::ptr::eq(i.checker.as_ptr(), Arc::as_ptr(checker));
-        if let Some(i) = imports.iter().find(|i| mine(i) && i.region.size() == size) {
-            return Ok(Arc::clone(&i.region));
+        // A region names its VPU by its checker.
+        let mine = |r: &Arc<Region>| Arc::ptr_eq(r.checker(), checker);
+        if let Some(r) = imports.iter().find(|r| mine(r) && r.size() == size) {
+            return Ok(Arc::clone(r));
         }
         let fd = imp::dup_memory_fd(fd_memory).map_err(|e| format!("cannot take its fd: {e}"))?;
         if dma_buf_only && !crate::sys::is_dma_buf(fd.as_fd()) {
@@ -245,10 +246,7 @@ pub fn import_foreign_fd_memory(
         if imports.len() >= IMPORTERS_KEPT {
             imports.remove(0);
         }
-        imports.push(imp::Import {
-            checker: Arc::downgrade(checker),
-            region: Arc::clone(&region),
-        });
+        imports.push(Arc::clone(&region));
         Ok(region)
     }))
 }

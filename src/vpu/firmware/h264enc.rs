@@ -481,20 +481,17 @@ mod tests {
     use super::*;
     use crate::mem::{Checker, CheckerConfig, Coherency};
     use crate::sys::DmaBackend;
-    use crate::vpu::firmware::Outbox;
+    use crate::vpu::firmware::testing;
     use crate::vpu::protocol::Response;
 
     const W: u32 = 322;
     const H: u32 = 242;
 
+    /// The shared engine rig, with this engine and its raw format.
     struct Rig {
+        base: testing::Rig,
         engine: H264Engine,
-        output: FwQueue,
-        capture: FwQueue,
         raw: Format,
-        checker: Arc<Checker>,
-        faults: Faults,
-        outbox: Outbox,
     }
 
     impl Rig {
@@ -504,23 +501,18 @@ mod tests {
                 panic_on_violation: false,
             });
             let mut rig = Rig {
+                base: testing::Rig::with_checker(checker),
                 engine: H264Engine::default(),
-                output: FwQueue::default(),
-                capture: FwQueue::default(),
                 raw: Format::raw(PixelFormat::I420, W, H).unwrap(),
-                checker,
-                faults: Faults::default(),
-                outbox: Outbox::default(),
             };
-            for queue in [QueueKind::Output, QueueKind::Capture] {
-                let pixfmt = match queue {
-                    QueueKind::Output => PixelFormat::I420,
-                    QueueKind::Capture => PixelFormat::H264,
-                };
+            for (queue, pixfmt) in [
+                (QueueKind::Output, PixelFormat::I420),
+                (QueueKind::Capture, PixelFormat::H264),
+            ] {
                 rig.engine
                     .set_format(
-                        &mut rig.output,
-                        &mut rig.capture,
+                        &mut rig.base.output,
+                        &mut rig.base.capture,
                         queue,
                         pixfmt,
                         (W, H),
@@ -528,18 +520,11 @@ mod tests {
                     )
                     .unwrap();
             }
+            rig.base.capture.streaming = true;
             for queue in [QueueKind::Output, QueueKind::Capture] {
-                rig.queue(queue).streaming = true;
                 rig.engine.stream_on(queue);
             }
             rig
-        }
-
-        fn queue(&mut self, kind: QueueKind) -> &mut FwQueue {
-            match kind {
-                QueueKind::Output => &mut self.output,
-                QueueKind::Capture => &mut self.capture,
-            }
         }
 
         /// A cacheable OUTPUT buffer holding frame `n`, handed to the device
@@ -550,7 +535,7 @@ mod tests {
                 self.raw.size,
                 Coherency::Cacheable,
                 DmaBackend::Memfd,
-                &self.checker,
+                &self.base.checker,
             )
             .unwrap();
             for (i, b) in region.cpu_write().iter_mut().enumerate() {
@@ -568,41 +553,19 @@ mod tests {
 
         fn queue_captures(&mut self, n: u32) {
             for index in 0..n {
-                let region = Region::allocate(
-                    "cap",
-                    256 * 1024,
-                    Coherency::Coherent,
-                    DmaBackend::Memfd,
-                    &self.checker,
-                )
-                .unwrap();
-                self.capture.buffers.push_back(QueuedBuffer {
-                    index,
-                    region,
-                    bytesused: 0,
-                    timestamp: 0,
-                    flags: BufferFlags::NONE,
-                });
+                self.base.queue_capture(index, 256 * 1024);
             }
         }
 
         fn step_all(&mut self) {
-            let mut sink = Sink {
-                id: 1,
-                outbox: &mut self.outbox,
-            };
-            while self
-                .engine
-                .step(&mut self.output, &mut self.capture, &self.faults, &mut sink)
-            {}
+            self.base.step_all(&mut self.engine);
         }
 
         /// Indices of the buffers of `queue` returned so far, in order.
         fn done(&self, queue: QueueKind) -> Vec<u32> {
-            self.outbox
-                .messages
-                .iter()
-                .filter_map(|(_, _, r)| match r {
+            self.base
+                .responses()
+                .filter_map(|r| match r {
                     Response::BufferDone {
                         queue: q,
                         index,
@@ -637,7 +600,7 @@ mod tests {
         /// received: libavcodec holds frame 2.
         fn hold_a_frame(&mut self) -> Lease {
             let buf = self.frame(0);
-            self.output.buffers.push_back(buf);
+            self.base.output.buffers.push_back(buf);
             self.step_all();
             assert_eq!(self.done(QueueKind::Output), [0]);
             let lease1 = self.send_unreceived(self.frame(1));
@@ -658,9 +621,9 @@ mod tests {
 
         fn assert_no_violation(&self) {
             assert!(
-                self.checker.violations().is_empty(),
+                self.base.checker.violations().is_empty(),
                 "{:?}",
-                self.checker.violations()
+                self.base.checker.violations()
             );
         }
     }
@@ -674,7 +637,7 @@ mod tests {
         for n in 0..6 {
             let buf = rig.frame(n);
             host.push(Arc::clone(&buf.region));
-            rig.output.buffers.push_back(buf);
+            rig.base.output.buffers.push_back(buf);
         }
         rig.step_all();
         assert_eq!(rig.done(QueueKind::Output), [0, 1, 2, 3, 4, 5]);
@@ -684,7 +647,7 @@ mod tests {
         // Buffers the host freed lose their mapping with the next new one.
         drop(host);
         let buf = rig.frame(6);
-        rig.output.buffers.push_back(buf);
+        rig.base.output.buffers.push_back(buf);
         rig.step_all();
         assert_eq!(rig.done(QueueKind::Output).len(), 7);
         assert_eq!(rig.engine.mappings.len(), 1);
@@ -709,7 +672,7 @@ mod tests {
     fn a_held_frame_goes_back_when_a_drain_flushes_the_codec() {
         let mut rig = Rig::new();
         let lease2 = rig.hold_a_frame();
-        assert!(rig.engine.stop(&rig.output));
+        assert!(rig.engine.stop(&rig.base.output));
         rig.queue_captures(4);
         rig.step_all();
         assert!(lease2.released());
@@ -723,8 +686,8 @@ mod tests {
     fn an_output_stream_off_lets_go_of_a_held_frame() {
         let mut rig = Rig::new();
         let lease2 = rig.hold_a_frame();
-        rig.output.streaming = false;
-        rig.output.buffers.clear();
+        rig.base.output.streaming = false;
+        rig.base.output.buffers.clear();
         rig.engine.stream_off(QueueKind::Output);
         assert!(lease2.released(), "closing the codec let go of frame 2");
         assert!(rig.engine.held.is_empty(), "the host took the buffers back");

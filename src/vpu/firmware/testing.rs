@@ -1,4 +1,5 @@
-//! Helpers for the engines' unit tests: queued buffers and what came back.
+//! The engines' unit-test rig: an engine's two queues and what it sends
+//! back, to step it by hand as the core would.
 
 use std::sync::Arc;
 
@@ -10,68 +11,69 @@ use crate::mem::{Checker, CheckerConfig, Coherency, Region};
 use crate::sys::DmaBackend;
 use crate::vpu::protocol::Response;
 
-/// A queued buffer of `size` bytes (memfd, coherent) holding `data`, its
-/// timestamp its index.
-pub(crate) fn buffer(checker: &Arc<Checker>, index: u32, data: &[u8], size: usize) -> QueuedBuffer {
-    let region = Region::allocate("t", size, Coherency::Coherent, DmaBackend::Memfd, checker)
-        .expect("a memfd region");
-    region.cpu_write()[..data.len()].copy_from_slice(data);
-    QueuedBuffer {
-        index,
-        region,
-        bytesused: data.len(),
-        timestamp: u64::from(index),
-        flags: BufferFlags::NONE,
-    }
-}
-
-/// (queue, index) of every buffer returned, in order; drains the outbox.
-pub(crate) fn dones(outbox: &mut Outbox) -> Vec<(QueueKind, u32)> {
-    outbox
-        .messages
-        .drain(..)
-        .filter_map(|(_, _, r)| match r {
-            Response::BufferDone { queue, index, .. } => Some((queue, index)),
-            _ => None,
-        })
-        .collect()
-}
-
-/// An engine's two queues and what it sends back, to step it by hand as
-/// the core would.
 pub(crate) struct Rig {
     pub(crate) checker: Arc<Checker>,
     pub(crate) output: FwQueue,
     pub(crate) capture: FwQueue,
+    /// Everything the engine sent, in order.
     outbox: Outbox,
+    /// How much of `outbox` [`Rig::step`] has reported.
+    seen: usize,
     faults: Faults,
 }
 
 impl Rig {
     /// OUTPUT streaming (a decoder's starts without a format), CAPTURE not
-    /// set up.
+    /// set up, the checker in its default mode.
     pub(crate) fn new() -> Rig {
+        Rig::with_checker(Checker::new(CheckerConfig::default()))
+    }
+
+    /// As [`Rig::new`], memory watched by `checker`.
+    pub(crate) fn with_checker(checker: Arc<Checker>) -> Rig {
         Rig {
-            checker: Checker::new(CheckerConfig::default()),
+            checker,
             output: FwQueue {
                 streaming: true,
                 ..FwQueue::default()
             },
             capture: FwQueue::default(),
             outbox: Outbox::default(),
+            seen: 0,
             faults: Faults::default(),
+        }
+    }
+
+    /// A coherent memfd buffer `index` of `size` bytes holding `data`, its
+    /// timestamp its index.
+    fn buffer(&self, index: u32, data: &[u8], size: usize) -> QueuedBuffer {
+        let region = Region::allocate(
+            "t",
+            size,
+            Coherency::Coherent,
+            DmaBackend::Memfd,
+            &self.checker,
+        )
+        .expect("a memfd region");
+        region.cpu_write()[..data.len()].copy_from_slice(data);
+        QueuedBuffer {
+            index,
+            region,
+            bytesused: data.len(),
+            timestamp: u64::from(index),
+            flags: BufferFlags::NONE,
         }
     }
 
     /// Queues OUTPUT buffer `index` (`size` bytes) holding `data`.
     pub(crate) fn queue_output(&mut self, index: u32, data: &[u8], size: usize) {
-        let b = buffer(&self.checker, index, data, size);
+        let b = self.buffer(index, data, size);
         self.output.buffers.push_back(b);
     }
 
     /// Queues an empty CAPTURE buffer `index` of `size` bytes.
     pub(crate) fn queue_capture(&mut self, index: u32, size: usize) {
-        let b = buffer(&self.checker, index, &[], size);
+        let b = self.buffer(index, &[], size);
         self.capture.buffers.push_back(b);
     }
 
@@ -102,14 +104,32 @@ impl Rig {
         }
     }
 
-    /// One step of `engine`: whether it made progress, and the buffers it
-    /// returned.
+    /// One step of `engine`: whether it made progress, and (queue, index)
+    /// of the buffers it returned, in order.
     pub(crate) fn step(&mut self, engine: &mut impl CodecEngine) -> (bool, Vec<(QueueKind, u32)>) {
         let mut sink = Sink {
             id: 1,
             outbox: &mut self.outbox,
         };
         let progress = engine.step(&mut self.output, &mut self.capture, &self.faults, &mut sink);
-        (progress, dones(sink.outbox))
+        let done = self.outbox.messages[self.seen..]
+            .iter()
+            .filter_map(|(_, _, r)| match r {
+                Response::BufferDone { queue, index, .. } => Some((*queue, *index)),
+                _ => None,
+            })
+            .collect();
+        self.seen = self.outbox.messages.len();
+        (progress, done)
+    }
+
+    /// Steps `engine` until it makes no more progress.
+    pub(crate) fn step_all(&mut self, engine: &mut impl CodecEngine) {
+        while self.step(engine).0 {}
+    }
+
+    /// Every response the engine sent so far.
+    pub(crate) fn responses(&self) -> impl Iterator<Item = &Response> {
+        self.outbox.messages.iter().map(|(_, _, r)| r)
     }
 }
